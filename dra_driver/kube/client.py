@@ -1,0 +1,118 @@
+"""A small adapter over the official asyncio client, shared by the components.
+
+Why an adapter at all: it is the one place that knows how to connect (kubeconfig or
+in-cluster service account), that maps library exceptions onto
+:mod:`dra_driver.kube.errors`, that hides the generator's naming quirks (the v1
+claim model is ``ResourceV1ResourceClaim``, not ``V1ResourceClaim``), and that every
+component and test can point at another API server. Objects come back as the
+library's typed (pydantic) models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from kubernetes.aio import client as k8s
+from kubernetes.aio import config as k8s_config
+
+from dra_driver import __version__
+from dra_driver.kube import errors
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds for one ordinary request; watches set their own."""
+
+
+class KubeClient:
+    """Typed access to the API objects this project reads and writes.
+
+    One instance per process; it owns a connection pool and must be closed.
+    """
+
+    def __init__(self, api_client: k8s.ApiClient, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+        self.resource = k8s.ResourceV1Api(api_client)
+        self.core = k8s.CoreV1Api(api_client)
+
+    @classmethod
+    async def connect(
+        cls, *, kubeconfig: pathlib.Path | None, component: str, timeout: float = DEFAULT_TIMEOUT
+    ) -> KubeClient:
+        """Connect with ``kubeconfig`` if given, else with the pod's service account.
+
+        Raises:
+            KubeError: neither a readable kubeconfig nor an in-cluster environment.
+        """
+        configuration = k8s.Configuration()
+        try:
+            if kubeconfig is not None:
+                await k8s_config.load_kube_config(
+                    config_file=str(kubeconfig),
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
+            else:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+        except (k8s_config.ConfigException, OSError, ValueError) as exc:
+            where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
+            hint = "" if kubeconfig else " (outside a pod, pass --kubeconfig or set KUBECONFIG)"
+            raise errors.KubeError(
+                f"cannot load API credentials from {where}: {exc}{hint}"
+            ) from exc
+        api_client = k8s.ApiClient(configuration)
+        api_client.user_agent = f"gvirtus-dra/{__version__} ({component}; pid {os.getpid()})"
+        return cls(api_client, timeout=timeout)
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        await self.api_client.close()
+
+    async def get_resource_claim(self, *, namespace: str, name: str) -> Any:
+        """Read one ResourceClaim (``resource.k8s.io/v1``).
+
+        Returns:
+            ``kubernetes.aio.client.ResourceV1ResourceClaim``.
+        """
+        async with translate_errors():
+            return await self.resource.read_namespaced_resource_claim(
+                name=name, namespace=namespace, _request_timeout=self.timeout
+            )
+
+    async def list_resource_slices(
+        self, *, field_selector: str | None = None, label_selector: str | None = None
+    ) -> Any:
+        """List ResourceSlices; returns a ``V1ResourceSliceList``."""
+        async with translate_errors():
+            return await self.resource.list_resource_slice(
+                field_selector=field_selector,
+                label_selector=label_selector,
+                _request_timeout=self.timeout,
+            )
+
+    async def get_node(self, *, name: str) -> Any:
+        """Read one Node; returns a ``V1Node``."""
+        async with translate_errors():
+            return await self.core.read_node(name=name, _request_timeout=self.timeout)
+
+
+@contextlib.asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Re-raise the client library's and aiohttp's failures as :class:`KubeError`."""
+    try:
+        yield
+    except k8s.ApiException as exc:
+        if exc.status:
+            raise errors.from_status(
+                status=exc.status, body=exc.body, fallback=str(exc.reason or "")
+            ) from exc
+        raise errors.TransportError(str(exc.reason or exc), reason="Transport") from exc
+    except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
+        detail = str(exc) or type(exc).__name__
+        raise errors.TransportError(
+            f"API server unreachable: {detail}", reason="Transport"
+        ) from exc

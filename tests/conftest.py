@@ -1,0 +1,53 @@
+"""Shared fixtures: the test API server, short node directories, the e2e switch."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.apiserver import APIServer
+from tests.support.processes import PluginDirs
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--e2e", action="store_true", help="run end-to-end tests against KUBECONFIG")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--e2e"):
+        return
+    skip = pytest.mark.skip(
+        reason="end-to-end test: needs a cluster; run with --e2e and KUBECONFIG"
+    )
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[pathlib.Path]:
+    """A temporary directory with a short path (unix socket paths are limited to 107 chars)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="gd-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def apiserver(short_tmp: pathlib.Path) -> Iterator[APIServer]:
+    server = APIServer(tls_dir=short_tmp / "apiserver-tls", bookmark_interval=0.5).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kubeconfig(apiserver: APIServer, short_tmp: pathlib.Path) -> pathlib.Path:
+    return apiserver.write_kubeconfig(short_tmp / "kubeconfig")
+
+
+@pytest.fixture
+def node_dirs(short_tmp: pathlib.Path) -> PluginDirs:
+    return PluginDirs(short_tmp / "node")

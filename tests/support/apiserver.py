@@ -1,0 +1,1199 @@
+"""A kube-apiserver stand-in for CI: real HTTP(S), real REST semantics, in-memory.
+
+The components run their real client code against it: the official ``kubernetes``
+client, TLS verification against a CA from a kubeconfig, bearer tokens, watches over
+chunked HTTP. Its answers follow the Kubernetes 1.36 captures in
+``tests/fixtures/k8s-1.36/`` (``Status`` bodies, watch event shapes, bookmarks, 410s,
+DELETE returning the object), and tests check it against them.
+
+What it does, per resource type it knows (see :data:`KINDS`):
+
+* get, list and watch with ``resourceVersion`` semantics from one global counter;
+  label selectors (full grammar) and the field selectors each type supports;
+* watch: initial ADDED events when no resourceVersion is given, replay from history
+  otherwise, ``ERROR 410 Expired`` once the version left the history window
+  (:meth:`APIServer.compact`), periodic BOOKMARKs when asked, ``timeoutSeconds``,
+  ``sendInitialEvents`` with the ``k8s.io/initial-events-end`` bookmark, and
+  ADDED/DELETED when an object starts or stops matching a selector;
+* create (``generateName``, 409 AlreadyExists, status reset where the real strategy
+  resets it), update (409 Conflict on a stale resourceVersion, no-op updates do not
+  write), JSON merge and JSON patches, the ``status`` subresource, delete with
+  uid/resourceVersion preconditions and finalizers;
+* validation a component can trip over: immutable fields, slice limits.
+
+Where it deliberately does less (and no component may rely on the difference):
+
+* ``limit`` is ignored (the whole list comes back without ``continue``), which the
+  API allows; ``resourceVersionMatch=Exact`` works only for the current version.
+* strategic merge patch is applied as a JSON merge patch (lists are replaced, not
+  merged by key); server-side apply answers 415; ``managedFields`` are not kept.
+* namespaces always exist; there is no admission, no RBAC, no defaulting beyond
+  what is listed; only the validation listed above.
+
+Fault injection (:meth:`APIServer.fail_next`), a request log and hooks to drop
+watches or compact history let tests exercise failure paths.
+
+Run standalone (for benchmarks) with ``python -m tests.support.apiserver``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import contextlib
+import copy
+import dataclasses
+import datetime
+import json
+import pathlib
+import random
+import re
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jsonpatch
+from aiohttp import web
+
+from tests.support import selectors, tls
+
+Obj = dict[str, Any]
+
+FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "k8s-1.36"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _dig(obj: Mapping[str, Any], *path: str) -> Any:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+# -- resource types -----------------------------------------------------------------
+
+Cause = tuple[str, str, str]  # (reason, field, message)
+Validator = Callable[[Obj, Obj | None], list[Cause]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A resource type the server knows."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    fields: Mapping[str, selectors.FieldGetter] = dataclasses.field(default_factory=dict)
+    status_subresource: bool = False
+    reset_status_on_create: bool = False
+    tracks_generation: bool = True
+    bookmark_spec: Mapping[str, Any] | None = None
+    validate: Validator | None = None
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """``plural.group`` as the server names the resource in messages."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def field_getters(self) -> dict[str, selectors.FieldGetter]:
+        getters: dict[str, selectors.FieldGetter] = {
+            "metadata.name": lambda o: _meta(o).get("name"),
+        }
+        if self.namespaced:
+            getters["metadata.namespace"] = lambda o: _meta(o).get("namespace")
+        getters.update(self.fields)
+        return getters
+
+
+def _immutable(paths: list[tuple[str, ...]]) -> Validator:
+    def check(new: Obj, old: Obj | None) -> list[Cause]:
+        if old is None:
+            return []
+        causes = []
+        for path in paths:
+            before, after = _dig(old, *path), _dig(new, *path)
+            if before != after:
+                shown = json.dumps(after) if not isinstance(after, dict) else "{...}"
+                causes.append(
+                    (
+                        "FieldValueInvalid",
+                        ".".join(path),
+                        f"Invalid value: {shown}: field is immutable",
+                    )
+                )
+        return causes
+
+    return check
+
+
+def _validate_slice(new: Obj, old: Obj | None) -> list[Cause]:
+    causes = _immutable([("spec", "pool", "name"), ("spec", "driver")])(new, old)
+    spec = new.get("spec") or {}
+    devices = spec.get("devices") or []
+    advanced = any(d.get("taints") or d.get("consumesCounters") for d in devices)
+    limit = 64 if advanced else 128
+    if len(devices) > limit:
+        message = f"Too many: {len(devices)}: must have at most {limit} items"
+        causes.append(("FieldValueTooMany", "spec.devices", message))
+    placement = [
+        k for k in ("nodeName", "nodeSelector", "allNodes", "perDeviceNodeSelection") if spec.get(k)
+    ]
+    if len(placement) != 1:
+        which = "multiple fields are set" if placement else "none are set"
+        message = (
+            "exactly one of `nodeName`, `nodeSelector`, `allNodes`, `perDeviceNodeSelection` "
+            f"is required, but {which}"
+        )
+        causes.append(
+            ("FieldValueRequired" if not placement else "FieldValueInvalid", "spec", message)
+        )
+    for i, device in enumerate(devices):
+        name = device.get("name") or ""
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    f"spec.devices[{i}].name",
+                    f"Invalid value: {name!r}: must be a DNS label",
+                )
+            )
+        if len(device.get("attributes") or {}) + len(device.get("capacity") or {}) > 32:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    f"spec.devices[{i}]",
+                    "the total number of attributes and capacities must not exceed 32",
+                )
+            )
+    return causes
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind(
+        "resource.k8s.io",
+        "v1",
+        "resourceslices",
+        "ResourceSlice",
+        namespaced=False,
+        fields={
+            "spec.driver": lambda o: _dig(o, "spec", "driver"),
+            "spec.nodeName": lambda o: _dig(o, "spec", "nodeName"),
+        },
+        bookmark_spec={
+            "driver": "",
+            "pool": {"name": "", "generation": 0, "resourceSliceCount": 0},
+        },
+        validate=_validate_slice,
+    ),
+    Kind(
+        "resource.k8s.io",
+        "v1",
+        "resourceclaims",
+        "ResourceClaim",
+        namespaced=True,
+        status_subresource=True,
+        reset_status_on_create=True,
+        bookmark_spec={"devices": {}},
+        validate=_immutable([("spec",)]),
+    ),
+    Kind(
+        "resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate", namespaced=True
+    ),
+    Kind("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False),
+    Kind(
+        "",
+        "v1",
+        "nodes",
+        "Node",
+        namespaced=False,
+        status_subresource=True,
+        tracks_generation=False,
+    ),
+    Kind(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        namespaced=True,
+        status_subresource=True,
+        fields={"spec.nodeName": lambda o: _dig(o, "spec", "nodeName")},
+    ),
+    Kind("", "v1", "events", "Event", namespaced=True, tracks_generation=False),
+    Kind("", "v1", "secrets", "Secret", namespaced=True, tracks_generation=False),
+    Kind("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True, tracks_generation=False),
+)
+
+
+class APIError(Exception):
+    """An error answer, carrying the exact ``Status`` body."""
+
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.body: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+        }
+        if details is not None:
+            self.body["details"] = details
+        self.body["code"] = code
+
+
+def _not_found(kind: Kind, name: str) -> APIError:
+    return APIError(
+        404,
+        "NotFound",
+        f'{kind.qualified} "{name}" not found',
+        {"name": name, "group": kind.group, "kind": kind.plural},
+    )
+
+
+def _conflict(kind: Kind, name: str, why: str) -> APIError:
+    return APIError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {kind.qualified} "{name}": {why}',
+        {"name": name, "group": kind.group, "kind": kind.plural},
+    )
+
+
+def _invalid(kind: Kind, name: str, causes: list[Cause]) -> APIError:
+    resource = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+    joined = [f"{field}: {message}" for _, field, message in causes]
+    summary = joined[0] if len(joined) == 1 else "[" + ", ".join(joined) + "]"
+    return APIError(
+        422,
+        "Invalid",
+        f'{resource} "{name}" is invalid: {summary}',
+        {
+            "name": name,
+            "group": kind.group,
+            "kind": kind.kind,
+            "causes": [{"reason": r, "message": m, "field": f} for r, f, m in causes],
+        },
+    )
+
+
+_STALE = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)
+
+
+# -- store ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Watcher:
+    kind: Kind
+    namespace: str | None
+    labels: list[selectors.Requirement]
+    fields: list[tuple[selectors.FieldGetter, bool, str]]
+    queue: asyncio.Queue[Obj | None]
+    loop: asyncio.AbstractEventLoop
+
+    def matches(self, obj: Obj | None) -> bool:
+        if obj is None:
+            return False
+        if self.namespace is not None and _meta(obj).get("namespace") != self.namespace:
+            return False
+        return selectors.labels_match(self.labels, obj) and selectors.fields_match(self.fields, obj)
+
+    def offer(self, old: Obj | None, new: Obj | None, deleted: Obj | None) -> None:
+        """Translate a change into what this watcher sees (or nothing)."""
+        event = self.translate(old, new, deleted)
+        if event is not None:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def translate(self, old: Obj | None, new: Obj | None, deleted: Obj | None) -> Obj | None:
+        if deleted is not None:
+            return {"type": "DELETED", "object": deleted} if self.matches(deleted) else None
+        was, now = self.matches(old), self.matches(new)
+        if now:
+            return {"type": "MODIFIED" if was else "ADDED", "object": new}
+        if was and new is not None:
+            return {"type": "DELETED", "object": new}
+        return None
+
+
+class Store:
+    """Objects, the global resourceVersion and the watch history. Thread-safe."""
+
+    def __init__(self, *, history: int = 10_000) -> None:
+        self.lock = threading.RLock()
+        self.objects: dict[tuple[str, str, str], Obj] = {}
+        self.rv = 100
+        self.oldest_watchable = self.rv
+        # (rv, plural, old, new, deleted) — enough to replay for any selector.
+        self.history: collections.deque[tuple[int, str, Obj | None, Obj | None, Obj | None]] = (
+            collections.deque(maxlen=history)
+        )
+        self.watchers: list[_Watcher] = []
+
+    def _next_rv(self) -> str:
+        self.rv += 1
+        if self.history.maxlen and len(self.history) == self.history.maxlen:
+            self.oldest_watchable = self.history[0][0]
+        return str(self.rv)
+
+    def commit(
+        self, kind: Kind, key: tuple[str, str, str], old: Obj | None, new: Obj | None
+    ) -> Obj:
+        """Store ``new`` (or delete when None) under a fresh resourceVersion; notify watchers."""
+        with self.lock:
+            rv = self._next_rv()
+            if new is None:
+                assert old is not None
+                deleted = copy.deepcopy(old)
+                deleted["metadata"]["resourceVersion"] = rv
+                self.objects.pop(key, None)
+                record = (self.rv, kind.plural, old, None, deleted)
+                result = deleted
+            else:
+                new["metadata"]["resourceVersion"] = rv
+                self.objects[key] = new
+                record = (self.rv, kind.plural, old, new, None)
+                result = new
+            self.history.append(record)
+            for watcher in self.watchers:
+                if watcher.kind.plural == kind.plural:
+                    watcher.offer(old, new, record[4])
+            return copy.deepcopy(result)
+
+    def compact(self) -> None:
+        """Forget all history: watches from any earlier resourceVersion get 410."""
+        with self.lock:
+            self.history.clear()
+            self.oldest_watchable = self.rv
+
+
+# -- server ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Fault:
+    """Answer matching requests with an error (or delay them) ``times`` times."""
+
+    method: str
+    path: re.Pattern[str]
+    code: int
+    times: int
+    delay: float = 0.0
+    message: str = "injected fault"
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+
+
+class APIServer:
+    """The server; start it with :meth:`start` (own thread) or :meth:`run_forever`."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        bookmark_interval: float = 60.0,
+        default_watch_timeout: float = 1800.0,
+        history: int = 10_000,
+        tls_dir: pathlib.Path | None = None,
+    ) -> None:
+        self.token = token or secrets.token_urlsafe(16)
+        self.bookmark_interval = bookmark_interval
+        self.default_watch_timeout = default_watch_timeout
+        self.store = Store(history=history)
+        self.kinds = {k.plural: k for k in KINDS}
+        self.faults: list[Fault] = []
+        self.requests: list[Request] = []
+        self._tls_dir = tls_dir
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
+        self.port = 0
+        self.ca_pem = b""
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> APIServer:
+        """Serve on 127.0.0.1 (random port) from a thread; returns once listening."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start())
+            except BaseException as exc:  # reported to the starting thread
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_until_complete(self._serve_until_stopped())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="test-apiserver", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Close every stream and the listener; join the thread."""
+        if self._loop is None or self._stopping is None:
+            return
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    async def _start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._stopping = asyncio.Event()
+        ca, ca_key = tls.make_ca(common_name="test-apiserver CA")
+        serving = tls.make_serving_cert(ca=ca, ca_key=ca_key, dns_names=("localhost",), ips=(host,))
+        self.ca_pem = ca.cert_pem
+        folder = self._tls_dir or pathlib.Path(_tempdir())
+        cert_file, key_file = serving.write(folder, "apiserver")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_route("*", "/api/{version}/{rest:.*}", self._handle_core)
+        app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self._handle_group)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=context, reuse_address=True)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _serve_until_stopped(self) -> None:
+        assert self._stopping is not None and self._runner is not None
+        await self._stopping.wait()
+        for task in list(self._streams):
+            task.cancel()
+        await asyncio.gather(*self._streams, return_exceptions=True)
+        await self._runner.cleanup()
+
+    def run_forever(self, *, port: int, kubeconfig: pathlib.Path) -> None:
+        """Serve on ``port`` in this thread until interrupted (standalone mode)."""
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            await self._start(port=port)
+            self.write_kubeconfig(kubeconfig)
+            print(f"serving {self.url}; kubeconfig {kubeconfig}", flush=True)
+            await self._serve_until_stopped()
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+
+    def write_kubeconfig(self, path: pathlib.Path) -> pathlib.Path:
+        """Write a kubeconfig with this server, its CA and a token; return its path."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "test", "user": {"token": self.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            "current-context": "test",
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+    # -- test hooks ------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        method: str,
+        path: str,
+        *,
+        code: int = 500,
+        times: int = 1,
+        delay: float = 0.0,
+        message: str = "injected fault",
+    ) -> None:
+        """Make the next ``times`` requests matching ``method`` and the ``path`` regex fail.
+
+        ``code`` 0 only delays (by ``delay`` seconds) and then serves normally.
+        """
+        self.faults.append(Fault(method.upper(), re.compile(path), code, times, delay, message))
+
+    def drop_watches(self) -> None:
+        """Close every open watch stream, as a restarting API server would."""
+        if self._loop is not None:
+            for task in list(self._streams):
+                self._loop.call_soon_threadsafe(task.cancel)
+
+    def compact(self) -> None:
+        """Forget history, so resuming watches get 410 Gone."""
+        self.store.compact()
+
+    def writes(self) -> list[Request]:
+        """Requests that could change state (everything but GET)."""
+        return [r for r in self.requests if r.method != "GET"]
+
+    # -- direct object access (tests seed and inspect state with these) -------------
+
+    def put(self, obj: Obj, *, plural: str | None = None) -> Obj:
+        """Create or replace ``obj`` as given, status included (bypasses HTTP rules).
+
+        ``plural`` names the type of list items, which carry no kind of their own.
+        """
+        obj = copy.deepcopy(obj)
+        kind = self.kinds[plural] if plural else self._kind_for(obj)
+        obj.setdefault("kind", kind.kind)
+        obj.setdefault("apiVersion", kind.api_version)
+        meta = obj.setdefault("metadata", {})
+        key = self._key(kind, meta.get("namespace"), meta["name"])
+        with self.store.lock:
+            old = self.store.objects.get(key)
+            meta.setdefault("uid", (old or {}).get("metadata", {}).get("uid") or str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+            meta.pop("resourceVersion", None)
+            if kind.tracks_generation:
+                meta.setdefault("generation", 1)
+            return self.store.commit(kind, key, old, obj)
+
+    def get(self, plural: str, name: str, namespace: str | None = None) -> Obj | None:
+        kind = self.kinds[plural]
+        with self.store.lock:
+            found = self.store.objects.get(self._key(kind, namespace, name))
+            return copy.deepcopy(found) if found else None
+
+    def list(self, plural: str) -> list[Obj]:
+        with self.store.lock:
+            return [
+                copy.deepcopy(o)
+                for (p, _, _), o in sorted(self.store.objects.items())
+                if p == plural
+            ]
+
+    def remove(self, plural: str, name: str, namespace: str | None = None) -> None:
+        """Delete outright, ignoring finalizers (as if they had been cleared)."""
+        kind = self.kinds[plural]
+        key = self._key(kind, namespace, name)
+        with self.store.lock:
+            old = self.store.objects.get(key)
+            if old is not None:
+                self.store.commit(kind, key, old, None)
+
+    def _kind_for(self, obj: Mapping[str, Any]) -> Kind:
+        for kind in KINDS:
+            if kind.kind == obj.get("kind") and kind.api_version == obj.get("apiVersion"):
+                return kind
+        raise KeyError(f"unknown kind {obj.get('apiVersion')}/{obj.get('kind')}")
+
+    @staticmethod
+    def _key(kind: Kind, namespace: str | None, name: str) -> tuple[str, str, str]:
+        return (kind.plural, (namespace or "") if kind.namespaced else "", name)
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    async def _handle_core(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "", request.match_info["version"])
+
+    async def _handle_group(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(
+            request, request.match_info["group"], request.match_info["version"]
+        )
+
+    async def _handle(self, request: web.Request, group: str, version: str) -> web.StreamResponse:
+        query = dict(request.query)
+        self.requests.append(Request(request.method, request.path, query, request.content_type))
+        try:
+            self._authenticate(request)
+            await self._apply_faults(request)
+            kind, namespace, name, sub = self._route(group, version, request.match_info["rest"])
+            return await self._dispatch(request, kind, namespace, name, sub, query)
+        except APIError as exc:
+            return web.json_response(exc.body, status=exc.code)
+
+    def _authenticate(self, request: web.Request) -> None:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            raise APIError(401, "Unauthorized", "Unauthorized")
+
+    async def _apply_faults(self, request: web.Request) -> None:
+        for fault in self.faults:
+            if (
+                fault.times > 0
+                and fault.method in (request.method, "*")
+                and fault.path.search(request.path)
+            ):
+                fault.times -= 1
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                if fault.code:
+                    reason = {
+                        500: "InternalError",
+                        503: "ServiceUnavailable",
+                        429: "TooManyRequests",
+                        409: "Conflict",
+                        403: "Forbidden",
+                        404: "NotFound",
+                    }.get(fault.code, "Unknown")
+                    raise APIError(fault.code, reason, fault.message)
+                return
+
+    def _route(
+        self, group: str, version: str, rest: str
+    ) -> tuple[Kind, str | None, str | None, str | None]:
+        parts = [p for p in rest.split("/") if p]
+        namespace = None
+        if len(parts) >= 3 and parts[0] == "namespaces":
+            namespace, parts = parts[1], parts[2:]
+        if not parts or parts[0] not in self.kinds:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        kind = self.kinds[parts[0]]
+        if kind.group != group or kind.version != version or len(parts) > 3:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        if namespace is not None and not kind.namespaced:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        name = parts[1] if len(parts) > 1 else None
+        sub = parts[2] if len(parts) > 2 else None
+        if sub is not None and not (sub == "status" and kind.status_subresource):
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        return kind, namespace, name, sub
+
+    async def _dispatch(
+        self,
+        request: web.Request,
+        kind: Kind,
+        namespace: str | None,
+        name: str | None,
+        sub: str | None,
+        query: dict[str, str],
+    ) -> web.StreamResponse:
+        method = request.method
+        if name is None:
+            if method == "GET" and query.get("watch") in ("1", "true"):
+                return await self._watch(request, kind, namespace, query)
+            if method == "GET":
+                return web.json_response(self._list(kind, namespace, query))
+            if method == "POST":
+                if kind.namespaced and namespace is None:
+                    raise APIError(
+                        404, "NotFound", "the server could not find the requested resource"
+                    )
+                body = await self._body(request, kind)
+                return web.json_response(self._create(kind, namespace, body), status=201)
+        else:
+            if method == "GET":
+                return web.json_response(self._get(kind, namespace, name))
+            if method == "PUT":
+                body = await self._body(request, kind)
+                return web.json_response(self._update(kind, namespace, name, body, sub))
+            if method == "PATCH":
+                raw = await request.read()
+                return web.json_response(
+                    self._patch(kind, namespace, name, raw, request.content_type, sub)
+                )
+            if method == "DELETE" and sub is None:
+                raw = await request.read()
+                return web.json_response(self._delete(kind, namespace, name, raw))
+        raise APIError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+
+    async def _body(self, request: web.Request, kind: Kind) -> Obj:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            snippet = raw[:30].decode(errors="replace")
+            raise APIError(
+                400,
+                "BadRequest",
+                f"the object provided is unrecognized (must be of type {kind.kind}): couldn't get "
+                f"version/kind; json parse error: {exc} ({snippet} ...)",
+            ) from exc
+        if not isinstance(body, dict):
+            raise APIError(
+                400,
+                "BadRequest",
+                f"the object provided is unrecognized (must be of type {kind.kind})",
+            )
+        if body.get("kind") not in (None, kind.kind) or body.get("apiVersion") not in (
+            None,
+            kind.api_version,
+        ):
+            raise APIError(
+                400,
+                "BadRequest",
+                f"the API version in the data ({body.get('apiVersion')}) does not match "
+                f"the expected API version ({kind.api_version})",
+            )
+        body["kind"], body["apiVersion"] = kind.kind, kind.api_version
+        if not isinstance(body.get("metadata", {}), dict):
+            raise APIError(
+                400, "BadRequest", f'{kind.kind} in version "{kind.version}" cannot be handled'
+            )
+        body.setdefault("metadata", {})
+        return body
+
+    # -- verbs ------------------------------------------------------------------------
+
+    def _get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        found = self.get(kind.plural, name, namespace)
+        if found is None:
+            raise _not_found(kind, name)
+        return found
+
+    def _selectors(self, kind: Kind, query: Mapping[str, str]) -> tuple[Any, Any]:
+        try:
+            labels = selectors.parse_labels(query.get("labelSelector"))
+            fields = selectors.parse_fields(
+                query.get("fieldSelector"), supported=kind.field_getters()
+            )
+        except selectors.SelectorError as exc:
+            raise APIError(400, "BadRequest", str(exc)) from exc
+        return labels, fields
+
+    def _list(self, kind: Kind, namespace: str | None, query: Mapping[str, str]) -> Obj:
+        labels, fields = self._selectors(kind, query)
+        requested = query.get("resourceVersion", "")
+        with self.store.lock:
+            if requested and requested != "0":
+                wanted = int(requested) if requested.isdigit() else -1
+                if wanted > self.store.rv:
+                    raise APIError(
+                        504,
+                        "Timeout",
+                        f"Too large resource version: {wanted}, current: {self.store.rv}",
+                        {
+                            "causes": [
+                                {
+                                    "reason": "ResourceVersionTooLarge",
+                                    "message": "Too large resource version",
+                                }
+                            ],
+                            "retryAfterSeconds": 1,
+                        },
+                    )
+                if query.get("resourceVersionMatch") == "Exact" and wanted != self.store.rv:
+                    raise APIError(
+                        410, "Expired", "The resourceVersion for the provided list is too old."
+                    )
+            items = [
+                copy.deepcopy(obj)
+                for (plural, ns, _), obj in sorted(self.store.objects.items())
+                if plural == kind.plural
+                and (namespace is None or ns == namespace)
+                and selectors.labels_match(labels, obj)
+                and selectors.fields_match(fields, obj)
+            ]
+            rv = str(self.store.rv)
+        return {
+            "kind": f"{kind.kind}List",
+            "apiVersion": kind.api_version,
+            "metadata": {"resourceVersion": rv},
+            "items": items,
+        }
+
+    def _create(self, kind: Kind, namespace: str | None, body: Obj) -> Obj:
+        meta = body["metadata"]
+        if kind.namespaced:
+            if meta.get("namespace") not in (None, "", namespace):
+                raise APIError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match "
+                    "the namespace sent on the request",
+                )
+            meta["namespace"] = namespace
+        if meta.get("resourceVersion"):
+            raise APIError(
+                500,
+                "InternalError",
+                "Internal error occurred: "
+                "resourceVersion should not be set on objects to be created",
+            )
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise _invalid(
+                    kind,
+                    "",
+                    [
+                        (
+                            "FieldValueRequired",
+                            "metadata.name",
+                            "Required value: name or generateName is required",
+                        )
+                    ],
+                )
+            alphabet = "bcdfghjklmnpqrstvwxz2456789"
+            meta["name"] = meta["generateName"] + "".join(random.choice(alphabet) for _ in range(5))
+        key = self._key(kind, namespace, meta["name"])
+        if kind.validate is not None and (causes := kind.validate(body, None)):
+            raise _invalid(kind, meta["name"], causes)
+        if kind.reset_status_on_create:
+            body.pop("status", None)
+        with self.store.lock:
+            if key in self.store.objects:
+                raise APIError(
+                    409,
+                    "AlreadyExists",
+                    f'{kind.qualified} "{meta["name"]}" already exists',
+                    {"name": meta["name"], "group": kind.group, "kind": kind.plural},
+                )
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = _now()
+            meta.pop("deletionTimestamp", None)
+            if kind.tracks_generation:
+                meta["generation"] = 1
+            return self.store.commit(kind, key, None, body)
+
+    def _update(
+        self, kind: Kind, namespace: str | None, name: str, body: Obj, sub: str | None
+    ) -> Obj:
+        meta = body["metadata"]
+        if meta.get("name") not in (None, name):
+            raise APIError(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) "
+                f"does not match the name on the URL ({name})",
+            )
+        key = self._key(kind, namespace, name)
+        with self.store.lock:
+            old = self.store.objects.get(key)
+            if old is None:
+                raise _not_found(kind, name)
+            if (
+                meta.get("resourceVersion")
+                and meta["resourceVersion"] != old["metadata"]["resourceVersion"]
+            ):
+                raise _conflict(kind, name, _STALE)
+            return self._write(kind, key, old, body, sub)
+
+    def _write(
+        self, kind: Kind, key: tuple[str, str, str], old: Obj, body: Obj, sub: str | None
+    ) -> Obj:
+        """Merge ``body`` over ``old`` the way the subresource allows, validate, commit."""
+        if sub == "status":
+            new = copy.deepcopy(old)
+            if "status" in body:
+                new["status"] = body["status"]
+            else:
+                new.pop("status", None)
+        else:
+            new = copy.deepcopy(body)
+            server_owned = (
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+                "namespace",
+                "name",
+            )
+            for field in server_owned:
+                if field in old["metadata"]:
+                    new["metadata"][field] = old["metadata"][field]
+                else:
+                    new["metadata"].pop(field, None)
+            if kind.status_subresource:
+                if "status" in old:
+                    new["status"] = old["status"]
+                else:
+                    new.pop("status", None)
+        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if new == old:
+            return copy.deepcopy(old)
+        if kind.validate is not None and (causes := kind.validate(new, old)):
+            raise _invalid(kind, key[2], causes)
+        if kind.tracks_generation and new.get("spec") != old.get("spec"):
+            new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            return self.store.commit(kind, key, old, None)
+        return self.store.commit(kind, key, old, new)
+
+    def _patch(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        raw: bytes,
+        content_type: str,
+        sub: str | None,
+    ) -> Obj:
+        if content_type == "application/apply-patch+yaml":
+            raise APIError(
+                415,
+                "UnsupportedMediaType",
+                "the test API server does not implement server-side apply yet",
+            )
+        try:
+            patch = json.loads(raw)
+        except ValueError as exc:
+            raise APIError(400, "BadRequest", f"error decoding patch: {exc}") from exc
+        key = self._key(kind, namespace, name)
+        with self.store.lock:
+            old = self.store.objects.get(key)
+            if old is None:
+                raise _not_found(kind, name)
+            current = copy.deepcopy(old)
+            if content_type == "application/json-patch+json":
+                try:
+                    patched = jsonpatch.apply_patch(current, patch)
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                    raise APIError(
+                        422, "Invalid", f"the server rejected our request: {exc}"
+                    ) from exc
+            elif content_type in (
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+            ):
+                if not isinstance(patch, dict):
+                    raise APIError(400, "BadRequest", "patch must be a JSON object")
+                wanted_rv = _dig(patch, "metadata", "resourceVersion")
+                if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
+                    raise _conflict(kind, name, _STALE)
+                patched = _merge_patch(current, patch)
+            else:
+                raise APIError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format: {content_type}",
+                )
+            if not isinstance(patched, dict):
+                raise APIError(422, "Invalid", "patch did not produce an object")
+            patched.setdefault("metadata", {})
+            return self._write(kind, key, old, patched, sub)
+
+    def _delete(self, kind: Kind, namespace: str | None, name: str, raw: bytes) -> Obj:
+        options = json.loads(raw) if raw.strip() else {}
+        preconditions = (options or {}).get("preconditions") or {}
+        key = self._key(kind, namespace, name)
+        with self.store.lock:
+            old = self.store.objects.get(key)
+            if old is None:
+                raise _not_found(kind, name)
+            for field, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+                want, have = preconditions.get(field), old["metadata"].get(field)
+                if want and want != have:
+                    raise _conflict(
+                        kind,
+                        name,
+                        f"Precondition failed: {label} in precondition: {want}, "
+                        f"{label} in object meta: {have}",
+                    )
+            if old["metadata"].get("finalizers"):
+                if old["metadata"].get("deletionTimestamp"):
+                    return copy.deepcopy(old)
+                new = copy.deepcopy(old)
+                new["metadata"]["deletionTimestamp"] = _now()
+                new["metadata"]["deletionGracePeriodSeconds"] = 0
+                return self.store.commit(kind, key, old, new)
+            return self.store.commit(kind, key, old, None)
+
+    # -- watch ------------------------------------------------------------------------
+
+    async def _watch(
+        self, request: web.Request, kind: Kind, namespace: str | None, query: Mapping[str, str]
+    ) -> web.StreamResponse:
+        labels, fields = self._selectors(kind, query)
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        initial_events = query.get("sendInitialEvents") == "true"
+        if initial_events and (
+            query.get("resourceVersionMatch") != "NotOlderThan" or not bookmarks
+        ):
+            raise APIError(
+                422,
+                "Invalid",
+                "sendInitialEvents requires resourceVersionMatch=NotOlderThan "
+                "and allowWatchBookmarks=true",
+            )
+        timeout = float(query.get("timeoutSeconds") or self.default_watch_timeout)
+        queue: asyncio.Queue[Obj | None] = asyncio.Queue()
+        watcher = _Watcher(kind, namespace, labels, fields, queue, asyncio.get_running_loop())
+        requested = query.get("resourceVersion", "")
+        with self.store.lock:
+            backlog, expired = self._backlog(kind, watcher, requested, initial_events)
+            if not expired:
+                self.store.watchers.append(watcher)
+            current = self.store.rv
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            if expired:
+                status = APIError(
+                    410, "Expired", f"too old resource version: {requested} ({current})"
+                ).body
+                await response.write(_line({"type": "ERROR", "object": status}))
+                return response
+            for event in backlog:
+                await response.write(_line(event))
+            if initial_events:
+                await response.write(_line(self._bookmark(kind, initial_end=True)))
+            await self._pump(response, kind, queue, timeout, bookmarks)
+        except (asyncio.CancelledError, ConnectionResetError):
+            pass
+        finally:
+            self._streams.discard(task)
+            with self.store.lock, contextlib.suppress(ValueError):
+                self.store.watchers.remove(watcher)
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await response.write_eof()
+        return response
+
+    def _backlog(
+        self, kind: Kind, watcher: _Watcher, requested: str, initial: bool
+    ) -> tuple[list[Obj], bool]:
+        """Events a new watch starts with, and whether its resourceVersion expired."""
+        if not requested or requested == "0" or initial:
+            objects = [o for (p, _, _), o in sorted(self.store.objects.items()) if p == kind.plural]
+            return [
+                {"type": "ADDED", "object": copy.deepcopy(o)} for o in objects if watcher.matches(o)
+            ], False
+        wanted = int(requested) if requested.isdigit() else -1
+        if wanted < self.store.oldest_watchable:
+            return [], True
+        events = []
+        for rv, plural, old, new, deleted in self.store.history:
+            if rv > wanted and plural == kind.plural:
+                event = watcher.translate(old, new, deleted)
+                if event is not None:
+                    events.append(copy.deepcopy(event))
+        return events, False
+
+    async def _pump(
+        self,
+        response: web.StreamResponse,
+        kind: Kind,
+        queue: asyncio.Queue[Obj | None],
+        timeout: float,
+        bookmarks: bool,
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        next_bookmark = time.monotonic() + self.bookmark_interval
+        while (left := deadline - time.monotonic()) > 0:
+            wait = min(left, next_bookmark - time.monotonic()) if bookmarks else left
+            try:
+                event = await asyncio.wait_for(queue.get(), max(wait, 0))
+            except TimeoutError:
+                if bookmarks and time.monotonic() >= next_bookmark:
+                    await response.write(_line(self._bookmark(kind)))
+                    next_bookmark = time.monotonic() + self.bookmark_interval
+                continue
+            if event is None:
+                return
+            await response.write(_line(event))
+
+    def _bookmark(self, kind: Kind, *, initial_end: bool = False) -> Obj:
+        meta: Obj = {"resourceVersion": str(self.store.rv)}
+        if initial_end:
+            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+        obj: Obj = {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": meta}
+        if kind.bookmark_spec is not None:
+            obj["spec"] = copy.deepcopy(dict(kind.bookmark_spec))
+        return {"type": "BOOKMARK", "object": obj}
+
+
+def _line(event: Obj) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _tempdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="apiserver-tls-")
+
+
+def fixture(name: str) -> Obj:
+    """Load one capture from ``tests/fixtures/k8s-1.36``."""
+    return json.loads((FIXTURES / name).read_text())
+
+
+def fixture_object(name: str) -> Obj:
+    """The object a capture's response returned (or its request sent, for POSTs)."""
+    capture = fixture(name)
+    body = capture["response"].get("body")
+    return (
+        body
+        if isinstance(body, dict) and body.get("kind") != "Status"
+        else capture["request"]["body"]
+    )
+
+
+@contextlib.contextmanager
+def running(**kwargs: Any) -> Iterator[APIServer]:
+    server = APIServer(**kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the test API server standalone.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--kubeconfig", type=pathlib.Path, required=True)
+    parser.add_argument("--bookmark-interval", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    APIServer(bookmark_interval=args.bookmark_interval).run_forever(
+        port=args.port, kubeconfig=args.kubeconfig
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

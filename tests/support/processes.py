@@ -1,0 +1,142 @@
+"""Components run as real processes, the way a node runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tests.support.kubelet import wait_for_socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PluginDirs:
+    """Host directories of one emulated node (kept short: socket paths max 107 chars)."""
+
+    root: pathlib.Path
+    registry: pathlib.Path = field(init=False)
+    plugins: pathlib.Path = field(init=False)
+    cdi: pathlib.Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = self.root / "reg"
+        self.plugins = self.root / "plugins"
+        self.cdi = self.root / "cdi"
+        for path in (self.registry, self.plugins, self.cdi):
+            path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return self.plugins / "gpu.gvirtus.io"
+
+    def args(self) -> list[str]:
+        return [
+            "--kubelet-registry-dir",
+            str(self.registry),
+            "--kubelet-plugins-dir",
+            str(self.plugins),
+            "--cdi-root",
+            str(self.cdi),
+        ]
+
+
+class PluginProcess:
+    """``gvirtus-dra kubelet-plugin`` in a child process, logging to a file."""
+
+    def __init__(
+        self,
+        *,
+        dirs: PluginDirs,
+        kubeconfig: pathlib.Path,
+        node: str = "worker-1",
+        pod_uid: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.dirs = dirs
+        self.pod_uid = pod_uid
+        self.metrics_port = free_port()
+        self.log_path = dirs.root / f"plugin-{pod_uid or 'default'}-{os.getpid()}-{id(self)}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "dra_driver",
+            "kubelet-plugin",
+            "--node-name",
+            node,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-address",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+            "--health-interval",
+            "1",
+            *dirs.args(),
+            *extra_args,
+        ]
+        if pod_uid:
+            args += ["--pod-uid", pod_uid]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("KUBECONFIG", None)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+
+    @property
+    def registration_socket_name(self) -> str:
+        suffix = f"-{self.pod_uid}" if self.pod_uid else ""
+        return f"gpu.gvirtus.io{suffix}-reg.sock"
+
+    async def ready(self, timeout: float = 30) -> pathlib.Path:
+        """Wait for the registration socket; fail early if the process died."""
+        waiter = asyncio.create_task(
+            wait_for_socket(self.dirs.registry, name=self.registration_socket_name, timeout=timeout)
+        )
+        while not waiter.done():
+            if self.proc.poll() is not None:
+                waiter.cancel()
+                raise RuntimeError(f"plugin exited with {self.proc.returncode}:\n{self.logs()}")
+            await asyncio.sleep(0.02)
+        return waiter.result()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 15) -> int:
+        """SIGTERM and wait, as the kubelet stops a pod."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> int:
+        """SIGKILL and wait: a crash."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait(10)
+        self._log.close()
+        return code
+
+    async def exited(self, timeout: float = 30) -> int:
+        """Wait (without blocking the loop) for the process to end by itself."""
+        for _ in range(int(timeout / 0.02)):
+            if self.proc.poll() is not None:
+                self._log.close()
+                return self.proc.returncode
+            await asyncio.sleep(0.02)
+        raise TimeoutError("plugin did not exit")
