@@ -10,6 +10,7 @@ library's typed (pydantic) models.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -69,8 +70,13 @@ class KubeClient:
         return cls(api_client, timeout=timeout)
 
     async def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pool.
+
+        TLS connections finish closing on later turns of the event loop; the short
+        pause lets them, so nothing is left half-closed when the loop ends.
+        """
         await self.api_client.close()
+        await asyncio.sleep(0.05)
 
     async def get_resource_claim(self, *, namespace: str, name: str) -> Any:
         """Read one ResourceClaim (``resource.k8s.io/v1``).

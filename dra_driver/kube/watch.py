@@ -181,6 +181,10 @@ async def _watch_once(
                 resource_version = str(raw["raw_object"]["metadata"]["resourceVersion"])
                 await consumer.on_event(WatchEvent(type=kind, obj=raw["object"]))
     finally:
+        if watcher.resp is not None:
+            # Abandoning a stream mid-way: drop its connection now rather than
+            # leaving a half-read TLS stream for the pool to discover.
+            watcher.resp.close()
         with contextlib.suppress(Exception):
             await watcher.close()
     return resource_version

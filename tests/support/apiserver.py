@@ -475,7 +475,7 @@ class APIServer:
 
     def stop(self) -> None:
         """Close every stream and the listener; join the thread."""
-        if self._loop is None or self._stopping is None:
+        if self._loop is None or self._stopping is None or self._loop.is_closed():
             return
         self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:

@@ -1,0 +1,113 @@
+"""The client adapter: typed objects out, the project's own errors for every failure."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from dra_driver.kube import errors
+from dra_driver.kube.client import KubeClient
+from tests.support.apiserver import APIServer, fixture_object
+
+
+async def test_claims_come_back_as_typed_v1_models(
+    apiserver: APIServer, kubeconfig: pathlib.Path
+) -> None:
+    apiserver.put(fixture_object("02-shared-claim-a-allocated-get.json"))
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        claim = await kube.get_resource_claim(namespace="gvirtus-demo", name="shared-a")
+    finally:
+        await kube.close()
+    assert type(claim).__name__ == "ResourceV1ResourceClaim"
+    (result,) = claim.status.allocation.devices.results
+    assert (result.pool, result.device, result.share_id) == (
+        "backend-node-b",
+        "gpu-0",
+        "de323fb6-a4ab-45ff-8d3a-39922b4cb784",
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (403, errors.ForbiddenError),
+        (409, errors.ConflictError),
+        (410, errors.GoneError),
+        (422, errors.InvalidError),
+        (429, errors.ServerError),
+        (500, errors.ServerError),
+        (503, errors.ServerError),
+    ],
+    ids=["forbidden", "conflict", "gone", "invalid", "throttled", "internal", "unavailable"],
+)
+async def test_http_failures_map_to_project_errors(
+    apiserver: APIServer, kubeconfig: pathlib.Path, code: int, error: type[errors.KubeError]
+) -> None:
+    apiserver.fail_next("GET", "/resourceclaims/", code=code, message=f"injected {code}")
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        with pytest.raises(error) as caught:
+            await kube.get_resource_claim(namespace="gvirtus-demo", name="c")
+    finally:
+        await kube.close()
+    assert caught.value.status == code
+    assert caught.value.message == f"injected {code}"
+    assert caught.value.__cause__ is not None, "the library's exception stays chained"
+
+
+async def test_missing_object_is_not_found_with_the_servers_message(
+    kubeconfig: pathlib.Path,
+) -> None:
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        with pytest.raises(errors.NotFoundError) as caught:
+            await kube.get_resource_claim(namespace="gvirtus-demo", name="does-not-exist")
+    finally:
+        await kube.close()
+    assert caught.value.reason == "NotFound"
+    assert caught.value.message == 'resourceclaims.resource.k8s.io "does-not-exist" not found'
+
+
+async def test_rejected_token_is_unauthorized(
+    apiserver: APIServer, short_tmp: pathlib.Path
+) -> None:
+    apiserver.token = "rotated"
+    kube = await KubeClient.connect(
+        kubeconfig=apiserver.write_kubeconfig(short_tmp / "kc"), component="test"
+    )
+    apiserver.token = "rotated-again"
+    try:
+        with pytest.raises(errors.UnauthorizedError):
+            await kube.list_resource_slices()
+    finally:
+        await kube.close()
+
+
+async def test_unreachable_server_is_a_transport_error(
+    apiserver: APIServer, kubeconfig: pathlib.Path
+) -> None:
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test", timeout=2)
+    apiserver.stop()
+    try:
+        with pytest.raises(errors.TransportError, match="API server unreachable"):
+            await kube.list_resource_slices()
+    finally:
+        await kube.close()
+
+
+async def test_unreadable_kubeconfig_names_the_file(short_tmp: pathlib.Path) -> None:
+    missing = short_tmp / "nope"
+    with pytest.raises(
+        errors.KubeError, match=f"cannot load API credentials from kubeconfig {missing}"
+    ):
+        await KubeClient.connect(kubeconfig=missing, component="test")
+
+
+async def test_outside_a_pod_without_kubeconfig_says_what_to_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(errors.KubeError, match="pass --kubeconfig or set KUBECONFIG"):
+        await KubeClient.connect(kubeconfig=None, component="test")
