@@ -1,0 +1,147 @@
+"""Settings: flags with environment twins and defaults, validated up front.
+
+Each component declares one pydantic model. Every field becomes a flag
+(``node_name`` → ``--node-name``) with an environment twin
+(``GVIRTUS_DRA_NODE_NAME``); a flag beats its environment variable, which beats the
+default. Values reach pydantic as strings, so one validator reports every bad input
+the same way, naming both spellings and the fix. Invalid settings stop the process
+before it touches anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import pathlib
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "GVIRTUS_DRA_"
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class ConfigError(Exception):
+    """Settings are missing or invalid; the message lists every problem."""
+
+
+class LogFormat(enum.StrEnum):
+    """How log records are rendered."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    """Minimum severity that is logged."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Settings(BaseModel):
+    """Base for component settings: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    log_format: LogFormat = Field(LogFormat.TEXT, description="log output format: text or json")
+    log_level: LogLevel = Field(LogLevel.INFO, description="minimum level logged")
+
+
+def env_names(name: str, field: Any) -> tuple[str, ...]:
+    """The environment variables that set ``name``, in priority order."""
+    extra = (field.json_schema_extra or {}) if field is not None else {}
+    aliases = tuple(extra.get("env_aliases", ())) if isinstance(extra, dict) else ()
+    return (ENV_PREFIX + name.upper(), *aliases)
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a field."""
+    return "--" + name.replace("_", "-")
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def add_flags(parser: argparse.ArgumentParser, model: type[Settings]) -> None:
+    """Declare one flag per field of ``model``; help shows its env twin and default."""
+    for name, field in model.model_fields.items():
+        envs = " or ".join(env_names(name, field))
+        default = field.default
+        if isinstance(default, enum.Enum):
+            default = default.value
+        shown = (
+            "required"
+            if field.is_required()
+            else f"default: {'unset' if default is None else default}"
+        )
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description} [env {envs}; {shown}]",
+        )
+
+
+def load(
+    model: type[S], *, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> S:
+    """Build ``model`` from flags, then environment, then defaults.
+
+    Raises:
+        ConfigError: listing every invalid or missing setting with its flag and env.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        given = getattr(args, name, None)
+        if given is None:
+            given = next((environ[e] for e in env_names(name, field) if environ.get(e)), None)
+        if given is not None:
+            values[name] = given
+    try:
+        return model.model_validate(values)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(describe(model, exc)) from exc
+
+
+def describe(model: type[Settings], exc: pydantic.ValidationError) -> str:
+    """One line per problem: ``--flag (env VAR): what is wrong``."""
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        location = error["loc"][0] if error["loc"] else ""
+        field = model.model_fields.get(str(location))
+        if field is not None:
+            where = f"{flag_name(str(location))} (env {env_names(str(location), field)[0]})"
+        else:
+            where = "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def dns_subdomain(value: str, *, what: str, max_length: int = 253) -> str:
+    """Validate a Kubernetes DNS subdomain name (lower case, dots allowed)."""
+    if len(value) > max_length or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid {what}: use at most {max_length} lower-case letters, "
+            "digits, '-' and '.', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def absolute_path(value: pathlib.Path) -> pathlib.Path:
+    """Require an absolute path (the kubelet uses paths verbatim)."""
+    if not value.is_absolute():
+        raise ValueError(f"must be an absolute path, got {str(value)!r}")
+    return value
