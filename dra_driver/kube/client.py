@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,7 +41,14 @@ class KubeClient:
         self.api_client = api_client
         self.timeout = timeout
         self.resource = k8s.ResourceV1Api(api_client)
-        self.core = k8s.CoreV1Api(api_client)
+        self._core: Any = None
+
+    @property
+    def core(self) -> Any:
+        """``CoreV1Api``, built on first use: its models alone cost ~25 MiB of memory."""
+        if self._core is None:
+            self._core = k8s.CoreV1Api(self.api_client)
+        return self._core
 
     @classmethod
     async def connect(
@@ -65,6 +75,7 @@ class KubeClient:
             raise errors.KubeError(
                 f"cannot load API credentials from {where}: {exc}{hint}"
             ) from exc
+        _settle_proxy(configuration)
         api_client = k8s.ApiClient(configuration)
         api_client.user_agent = f"gvirtus-dra/{__version__} ({component}; pid {os.getpid()})"
         return cls(api_client, timeout=timeout)
@@ -100,10 +111,42 @@ class KubeClient:
                 _request_timeout=self.timeout,
             )
 
-    async def get_node(self, *, name: str) -> Any:
-        """Read one Node; returns a ``V1Node``."""
+    async def get_json(self, path: str) -> dict[str, Any]:
+        """GET ``path`` as plain JSON, for callers that need a field or two of an object.
+
+        It skips the typed models, and with them the memory of importing a whole API
+        group's model classes.
+        """
         async with translate_errors():
-            return await self.core.read_node(name=name, _request_timeout=self.timeout)
+            request = await self.api_client.param_serialize(
+                method="GET", resource_path=path, auth_settings=["BearerToken"]
+            )
+            response = await self.api_client.call_api(*request, _request_timeout=self.timeout)
+            body = (await response.read()).decode()
+            if not 200 <= response.status < 300:
+                k8s.ApiException.from_response(http_resp=response, body=body, data=None)
+            parsed = json.loads(body)
+        if not isinstance(parsed, dict):
+            raise errors.KubeError(f"GET {path}: expected a JSON object", status=response.status)
+        return parsed
+
+
+def _settle_proxy(configuration: Any) -> None:
+    """Honour ``HTTPS_PROXY``/``NO_PROXY`` once, instead of on every request.
+
+    aiohttp's ``trust_env`` looks both the proxy and ``~/.netrc`` up in a worker thread
+    for each request, which doubles the cost of a claim read; the API server's proxy
+    cannot change while the process runs, so it is decided here once.
+    """
+    configuration.client_session_kwargs = {"trust_env": False}
+    url = urllib.parse.urlsplit(configuration.host)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if (
+        configuration.proxy is None
+        and proxy
+        and not urllib.request.proxy_bypass(url.hostname or "")
+    ):
+        configuration.proxy = proxy
 
 
 @contextlib.asynccontextmanager

@@ -111,3 +111,45 @@ async def test_outside_a_pod_without_kubeconfig_says_what_to_pass(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(errors.KubeError, match="pass --kubeconfig or set KUBECONFIG"):
         await KubeClient.connect(kubeconfig=None, component="test")
+
+
+@pytest.mark.parametrize(
+    ("env", "proxy"),
+    [
+        ({}, None),
+        ({"HTTPS_PROXY": "http://proxy.corp:3128"}, "http://proxy.corp:3128"),
+        ({"https_proxy": "http://proxy.corp:3128", "NO_PROXY": "127.0.0.1,.svc"}, None),
+    ],
+    ids=["no-proxy", "https-proxy", "api-server-bypassed"],
+)
+async def test_proxy_from_the_environment_is_decided_once(
+    kubeconfig: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    proxy: str | None,
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        configuration = kube.api_client.configuration
+        assert configuration.proxy == proxy
+        assert configuration.client_session_kwargs == {"trust_env": False}
+    finally:
+        await kube.close()
+
+
+async def test_get_json_reads_plain_objects_and_maps_errors(
+    apiserver: APIServer, kubeconfig: pathlib.Path
+) -> None:
+    apiserver.put(fixture_object("09-node-get.json"))
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        node = await kube.get_json("/api/v1/nodes/worker-1")
+        with pytest.raises(errors.NotFoundError, match='nodes "worker-9" not found'):
+            await kube.get_json("/api/v1/nodes/worker-9")
+    finally:
+        await kube.close()
+    assert node["metadata"]["labels"]["gvirtus.io/frontend.allowed"] == "true"
