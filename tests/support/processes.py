@@ -102,16 +102,23 @@ class PluginProcess:
         return f"gpu.gvirtus.io{suffix}-reg.sock"
 
     async def ready(self, timeout: float = 30) -> pathlib.Path:
-        """Wait for the registration socket; fail early if the process died."""
-        waiter = asyncio.create_task(
-            wait_for_socket(self.dirs.registry, name=self.registration_socket_name, timeout=timeout)
-        )
-        while not waiter.done():
-            if self.proc.poll() is not None:
-                waiter.cancel()
-                raise RuntimeError(f"plugin exited with {self.proc.returncode}:\n{self.logs()}")
-            await asyncio.sleep(0.02)
-        return waiter.result()
+        """Wait until the registration socket accepts connections; fail early if the process died.
+
+        A socket file left by a killed predecessor exists but refuses connections.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"plugin exited with {self.proc.returncode}:\n{self.logs()}")
+                path = await wait_for_socket(self.dirs.registry, name=self.registration_socket_name)
+                try:
+                    _, writer = await asyncio.open_unix_connection(path)
+                except OSError:
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                return path
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

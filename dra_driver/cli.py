@@ -1,0 +1,67 @@
+"""The ``gvirtus-dra`` command: one subcommand per component.
+
+Entry points stay thin: parse and validate settings, configure logging, run the
+component. Exit status 2 means the settings were invalid (nothing was started),
+1 that the component failed; 0 a clean stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from dra_driver import __version__, logs
+from dra_driver.config import ConfigError, Settings, add_flags, load
+
+log = logging.getLogger("gvirtus_dra")
+
+
+def _kubelet_plugin() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]:
+    from dra_driver.plugin.app import run
+    from dra_driver.plugin.settings import PluginSettings
+
+    return PluginSettings, run
+
+
+COMMANDS: dict[
+    str, tuple[str, Callable[[], tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]]]
+] = {
+    "kubelet-plugin": ("serve DRA claims to the kubelet on this node", _kubelet_plugin),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser (and its flags) per component."""
+    parser = argparse.ArgumentParser(
+        prog="gvirtus-dra", description="Kubernetes DRA driver for remote GPUs served by GVirtuS."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (summary, factory) in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        add_flags(sub, factory()[0])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one component; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    model, run = COMMANDS[args.command][1]()
+    try:
+        settings = load(model, args=args)
+    except ConfigError as exc:
+        print(f"gvirtus-dra {args.command}: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    try:
+        asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("%s failed", args.command)
+        return 1
+    return 0

@@ -1,0 +1,88 @@
+"""The GVirtuS frontend's ``properties.json``, exactly as the frontend parses it.
+
+The frontend reads only ``communicator[0]``; its ``server_address`` must be a literal
+dotted IPv4 address (anything else silently becomes an empty host) and ``port`` must
+be a JSON *string* (a number is a type error). So a file holds exactly one
+communicator, and an endpoint is checked here before it is written: a wrong file
+would only show up as a crash inside the user's application.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+CONTAINER_PATH = "/etc/gvirtus/properties.json"
+"""Where containers find the file; ``GVIRTUS_CONFIG`` points here."""
+
+# The frontend's port pattern has a typo that rejects 65500-65529.
+_FRONTEND_REJECTED_PORTS = range(65500, 65530)
+
+
+class EndpointError(ValueError):
+    """A backend endpoint the GVirtuS frontend cannot use."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A GVirtuS backend a frontend connects to over TCP."""
+
+    address: ipaddress.IPv4Address
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+def parse_endpoint(*, address: object, port: object) -> Endpoint:
+    """Validate a backend address and port as published on a device.
+
+    Raises:
+        EndpointError: saying what is wrong and what GVirtuS needs instead.
+    """
+    if not isinstance(address, str):
+        raise EndpointError(f"backendAddress must be a string IPv4 address, got {address!r}")
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError as exc:
+        raise EndpointError(
+            f"backendAddress {address!r} is not a literal IPv4 address; the GVirtuS frontend "
+            "accepts nothing else (no host names, no IPv6)"
+        ) from exc
+    if (
+        ip.is_unspecified
+        or ip.is_loopback
+        or ip.is_multicast
+        or ip == ipaddress.IPv4Address("255.255.255.255")
+    ):
+        raise EndpointError(
+            f"backendAddress {address} cannot reach a backend from inside a pod; "
+            "publish the backend node's routable IPv4 address"
+        )
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise EndpointError(f"backendPort must be an integer from 1 to 65535, got {port!r}")
+    if port in _FRONTEND_REJECTED_PORTS:
+        raise EndpointError(
+            f"backendPort {port} is rejected by the GVirtuS frontend's port parser "
+            "(65500-65529); configure the backend on another port"
+        )
+    return Endpoint(ip, port)
+
+
+def render_properties(endpoint: Endpoint) -> bytes:
+    """The ``properties.json`` that points a frontend at ``endpoint``."""
+    document = {
+        "communicator": [
+            {
+                "endpoint": {
+                    "suite": "tcp/ip",
+                    "protocol": "tcp",
+                    "server_address": str(endpoint.address),
+                    "port": str(endpoint.port),
+                }
+            }
+        ],
+        "secure_application": False,
+    }
+    return (json.dumps(document, indent=4) + "\n").encode()

@@ -1,0 +1,227 @@
+"""This driver's ResourceSlices, kept current by a watch, indexed by pool and device.
+
+The controller publishes each backend's GPUs as devices whose attributes carry the
+endpoint (``backendAddress``, ``backendPort``) and identity. Prepare resolves an
+allocated device here without an API round trip; health reads taints and pool
+membership here. Only slices of a pool's newest generation count, as for the
+scheduler. A miss (the cache not synced yet, or a pool published a moment ago) falls
+back to one direct list, shared by concurrent callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from dra_driver.kube.client import KubeClient
+from dra_driver.kube.watch import WatchEvent
+
+log = logging.getLogger(__name__)
+
+MISSES = Counter(
+    "gvirtus_dra_slice_cache_misses_total",
+    "Device lookups the slice cache could not answer, by outcome of the direct read.",
+    ["outcome"],
+)
+DEVICES = Gauge("gvirtus_dra_slice_cache_devices", "Devices of this driver in the slice cache.")
+
+READ_THROUGH_TTL = 1.0
+"""Seconds a direct read of the slices answers further cache misses."""
+
+AttributeValue = str | int | bool | list[Any]
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A device taint as published (``effect`` is None, NoSchedule or NoExecute)."""
+
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One published device: its attributes (unqualified names) and taints."""
+
+    pool: str
+    name: str
+    attributes: Mapping[str, AttributeValue]
+    taints: tuple[Taint, ...] = ()
+
+
+@dataclass
+class _Slice:
+    pool: str
+    generation: int
+    devices: dict[str, DeviceInfo] = field(default_factory=dict)
+
+
+class Notifier:
+    """Wakes every waiter once per :meth:`notify` (a broadcast, unlike an Event)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake everyone waiting now."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Return on the next notification or after ``timeout`` seconds."""
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+class SliceCache:
+    """Consumes a list-watch of ``spec.driver=<driver>`` ResourceSlices."""
+
+    def __init__(self, *, driver: str, kube: KubeClient, sync_timeout: float = 5.0) -> None:
+        self.driver = driver
+        self.kube = kube
+        self.sync_timeout = sync_timeout
+        self.synced = asyncio.Event()
+        self.changes = Notifier()
+        self._slices: dict[str, _Slice] = {}
+        self._pools: dict[str, dict[str, DeviceInfo]] = {}
+        self._direct_read: asyncio.Task[dict[str, dict[str, DeviceInfo]]] | None = None
+        self._direct_read_at = 0.0
+
+    @property
+    def field_selector(self) -> str:
+        """The selector the list-watch must use."""
+        return f"spec.driver={self.driver}"
+
+    # -- list-watch consumer --------------------------------------------------------
+
+    async def on_relist(self, items: list[Any]) -> None:
+        """Replace the cache with a fresh list."""
+        self._slices = {s.metadata.name: self._parse(s) for s in items if self._ours(s)}
+        self._pools = _index(self._slices.values())
+        self._changed()
+        self.synced.set()
+
+    async def on_event(self, event: WatchEvent) -> None:
+        """Apply one watched change and re-index the pools it touches."""
+        item = event.obj
+        name = item.metadata.name
+        before = self._slices.get(name)
+        if event.type == "DELETED" or not self._ours(item):
+            self._slices.pop(name, None)
+        else:
+            self._slices[name] = self._parse(item)
+        pools = {s.pool for s in (before, self._slices.get(name)) if s is not None}
+        for pool in pools:
+            members = [s for s in self._slices.values() if s.pool == pool]
+            self._pools.update(_index(members))
+            if not members:
+                self._pools.pop(pool, None)
+        self._changed()
+
+    def _ours(self, item: Any) -> bool:
+        return bool(item.spec is not None and item.spec.driver == self.driver)
+
+    def _changed(self) -> None:
+        DEVICES.set(sum(len(d) for d in self._pools.values()))
+        self.changes.notify()
+
+    def _parse(self, item: Any) -> _Slice:
+        spec = item.spec
+        entry = _Slice(pool=spec.pool.name, generation=spec.pool.generation)
+        prefix = self.driver + "/"
+        for device in spec.devices or []:
+            attributes = {
+                name.removeprefix(prefix): _value(attribute)
+                for name, attribute in (device.attributes or {}).items()
+            }
+            taints = tuple(
+                Taint(key=t.key, value=t.value or "", effect=t.effect) for t in device.taints or []
+            )
+            entry.devices[device.name] = DeviceInfo(entry.pool, device.name, attributes, taints)
+        return entry
+
+    # -- queries --------------------------------------------------------------------
+
+    def lookup(self, *, pool: str, device: str) -> DeviceInfo | None:
+        """The device as last seen, or None (not published, or pool unknown)."""
+        return self._pools.get(pool, {}).get(device)
+
+    def has_pool(self, pool: str) -> bool:
+        """Whether the pool currently has any slice."""
+        return pool in self._pools
+
+    async def resolve(self, *, pool: str, device: str) -> DeviceInfo | None:
+        """Like :meth:`lookup`, but waits for the first sync and reads the API on a miss.
+
+        Raises:
+            KubeError: the direct read failed.
+        """
+        if not self.synced.is_set():
+            try:
+                await asyncio.wait_for(self.synced.wait(), self.sync_timeout)
+            except TimeoutError:
+                log.warning(
+                    "slice cache not synced after %.1fs; reading the API", self.sync_timeout
+                )
+        found = self.lookup(pool=pool, device=device)
+        if found is not None:
+            return found
+        pools = await self._read_through()
+        found = pools.get(pool, {}).get(device)
+        MISSES.labels("found" if found else "absent").inc()
+        return found
+
+    async def _read_through(self) -> dict[str, dict[str, DeviceInfo]]:
+        """One direct list shared by every caller in flight or within ``READ_THROUGH_TTL``.
+
+        A burst of prepares (all pods of a rebooted node) must not list every slice
+        of the driver once per claim.
+        """
+        previous = self._direct_read
+        fresh = previous is not None and (
+            not previous.done()
+            or (
+                not previous.cancelled()
+                and previous.exception() is None
+                and time.monotonic() - self._direct_read_at < READ_THROUGH_TTL
+            )
+        )
+        if not fresh:
+            self._direct_read_at = time.monotonic()
+            self._direct_read = asyncio.create_task(self._list_pools())
+        assert self._direct_read is not None
+        return await asyncio.shield(self._direct_read)
+
+    async def _list_pools(self) -> dict[str, dict[str, DeviceInfo]]:
+        listed = await self.kube.list_resource_slices(field_selector=self.field_selector)
+        return _index(self._parse(s) for s in listed.items or [] if self._ours(s))
+
+
+def _index(slices: Any) -> dict[str, dict[str, DeviceInfo]]:
+    """Devices per pool, from the slices of each pool's newest generation."""
+    newest: dict[str, int] = {}
+    members: list[_Slice] = list(slices)
+    for entry in members:
+        newest[entry.pool] = max(newest.get(entry.pool, entry.generation), entry.generation)
+    pools: dict[str, dict[str, DeviceInfo]] = {}
+    for entry in members:
+        if entry.generation == newest[entry.pool]:
+            pools.setdefault(entry.pool, {}).update(entry.devices)
+    return pools
+
+
+def _value(attribute: Any) -> AttributeValue:
+    for kind in ("string", "int", "bool", "version", "strings", "ints", "bools", "versions"):
+        value = getattr(attribute, kind, None)
+        if value is not None:
+            return value  # type: ignore[no-any-return]
+    return ""

@@ -1,0 +1,494 @@
+"""Prepare and unprepare: from an allocated claim to files a container runtime uses.
+
+Prepare, per claim: read the ResourceClaim, check its UID and allocation, take this
+driver's results, resolve each device to its GVirtuS backend from the published
+slices, apply the opaque configuration, then (serialized with every other prepare
+and unprepare on the node) write one ``properties.json`` per device and the claim's
+CDI spec, and record the claim in the checkpoint. The answer for an already prepared
+claim comes from the checkpoint, and its files are rewritten (the CDI directory is
+tmpfs and is empty after a reboot).
+
+Invariants, kept under the serialization lock:
+
+* files are written before the checkpoint names the claim, and the checkpoint drops
+  a claim before its files are removed; so after a crash anywhere, files of claims
+  the checkpoint does not list are debris, removed by :meth:`State.recover`;
+* a prepare that started before an unprepare of the same claim finished does not
+  bring the claim back (the checkpoint remembers recent unprepares);
+* every claim gets an answer: failures are per claim and name the claim and cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Gauge
+
+from dra_driver import files
+from dra_driver.kube import errors as kube_errors
+from dra_driver.kube.client import KubeClient
+from dra_driver.models import ConfigValidationError, GVirtuSConfig, merge_configs, parse_config
+from dra_driver.plugin import cdi, gvirtus_config
+from dra_driver.plugin.checkpoint import (
+    CheckpointData,
+    CheckpointError,
+    CheckpointFile,
+    PreparedClaim,
+    PreparedDevice,
+)
+from dra_driver.plugin.faults import crash_point
+from dra_driver.plugin.locking import Serializer
+from dra_driver.plugin.slice_cache import SliceCache
+
+log = logging.getLogger(__name__)
+
+PREPARED_CLAIMS = Gauge("gvirtus_dra_prepared_claims", "Claims prepared on this node.")
+
+TOMBSTONE_SECONDS = 600.0
+"""How long an unprepare is remembered: far beyond the kubelet's 45 s call timeout."""
+
+MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "bind")
+
+
+@dataclass(frozen=True)
+class ClaimRef:
+    """A claim as the kubelet names it."""
+
+    namespace: str
+    uid: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"ResourceClaim {self.namespace}/{self.name} (uid {self.uid})"
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """Devices of a prepared claim, or the reason it could not be prepared."""
+
+    devices: tuple[PreparedDevice, ...] = ()
+    error: str = ""
+
+
+class ClaimError(Exception):
+    """One claim cannot be prepared; the message names the claim and the cause."""
+
+
+class State:
+    """Prepared claims on this node: the checkpoint and the files it accounts for."""
+
+    def __init__(
+        self,
+        *,
+        driver: str,
+        kube: KubeClient,
+        slices: SliceCache,
+        serializer: Serializer,
+        checkpoint: CheckpointFile,
+        claims_dir: pathlib.Path,
+        cdi_root: pathlib.Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.driver = driver
+        self.kube = kube
+        self.slices = slices
+        self.serializer = serializer
+        self.checkpoint = checkpoint
+        self.claims_dir = claims_dir
+        self.cdi_root = cdi_root
+        self.clock = clock
+        self._data: CheckpointData | None = None
+
+    # -- the checkpoint in memory ---------------------------------------------------
+
+    def _current(self) -> CheckpointData:
+        """The checkpoint, re-read when another process replaced it.
+
+        Raises:
+            CheckpointError: the file cannot be used.
+        """
+        if self._data is None or self.checkpoint.changed():
+            self._data = None
+            self._data = self.checkpoint.read()
+            PREPARED_CLAIMS.set(len(self._data.claims))
+        return self._data
+
+    def _save(self, data: CheckpointData) -> None:
+        horizon = self.clock() - TOMBSTONE_SECONDS
+        data.unprepared = {uid: at for uid, at in data.unprepared.items() if at >= horizon}
+        try:
+            self.checkpoint.write(data)
+        except BaseException:
+            self._data = None  # memory ran ahead of the disk; re-read next time
+            raise
+        PREPARED_CLAIMS.set(len(data.claims))
+
+    def prepared_devices(self) -> list[PreparedDevice]:
+        """Every device prepared on the node (by this process or a sibling)."""
+        try:
+            data = self._current()
+        except CheckpointError:
+            data = self._data or CheckpointData(driver=self.driver)
+        return [d for claim in data.claims.values() for d in claim.devices]
+
+    def checkpoint_problem(self) -> str | None:
+        """Why the checkpoint is unusable, or None when it is fine."""
+        try:
+            self._current()
+        except CheckpointError as exc:
+            return str(exc)
+        return None
+
+    # -- prepare ----------------------------------------------------------------------
+
+    async def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        """Prepare every claim; the result has one entry per claim UID."""
+        started = self.clock()
+        refs = list({ref.uid: ref for ref in refs}.values())
+        known = self._known_uids()
+        plans = dict(
+            zip(
+                [r.uid for r in refs if r.uid not in known],
+                await asyncio.gather(*(self._plan(r) for r in refs if r.uid not in known)),
+                strict=True,
+            )
+        )
+        async with self.serializer.hold():
+            try:
+                data = self._current()
+            except CheckpointError as exc:
+                return {r.uid: PrepareResult(error=f"{r}: {exc}") for r in refs}
+            return self._commit(refs=refs, plans=plans, data=data, started=started)
+
+    def _known_uids(self) -> set[str]:
+        try:
+            return set(self._current().claims)
+        except CheckpointError:
+            return set()
+
+    def _commit(
+        self,
+        *,
+        refs: list[ClaimRef],
+        plans: dict[str, PreparedClaim | ClaimError],
+        data: CheckpointData,
+        started: float,
+    ) -> dict[str, PrepareResult]:
+        results: dict[str, PrepareResult] = {}
+        added: list[ClaimRef] = []
+        for ref in refs:
+            try:
+                entry = self._entry_for(
+                    ref=ref, plan=plans.get(ref.uid), data=data, started=started
+                )
+                self._write_files(ref.uid, entry)
+            except ClaimError as exc:
+                results[ref.uid] = PrepareResult(error=str(exc))
+                continue
+            except OSError as exc:
+                results[ref.uid] = PrepareResult(error=f"{ref}: writing its files failed: {exc}")
+                self._remove_files(ref.uid, quiet=True)
+                continue
+            if ref.uid not in data.claims:
+                data.claims[ref.uid] = entry
+                data.unprepared.pop(ref.uid, None)
+                added.append(ref)
+            results[ref.uid] = PrepareResult(devices=tuple(entry.devices))
+        if added:
+            crash_point("prepare:files-written")
+            try:
+                self._save(data)
+            except OSError as exc:
+                for ref in added:
+                    self._remove_files(ref.uid, quiet=True)
+                    results[ref.uid] = PrepareResult(
+                        error=f"{ref}: recording it in the checkpoint failed: {exc}"
+                    )
+            crash_point("prepare:checkpointed")
+        return results
+
+    def _entry_for(
+        self,
+        *,
+        ref: ClaimRef,
+        plan: PreparedClaim | ClaimError | None,
+        data: CheckpointData,
+        started: float,
+    ) -> PreparedClaim:
+        entry = data.claims.get(ref.uid)
+        if entry is not None:
+            return entry
+        unprepared_at = data.unprepared.get(ref.uid)
+        if unprepared_at is not None and unprepared_at >= started:
+            raise ClaimError(
+                f"{ref}: it was unprepared while this prepare was in flight; not preparing it again"
+            )
+        if plan is None:
+            raise ClaimError(
+                f"{ref}: it was unprepared by another plugin instance meanwhile; retry"
+            )
+        if isinstance(plan, ClaimError):
+            raise plan
+        return plan
+
+    async def _plan(self, ref: ClaimRef) -> PreparedClaim | ClaimError:
+        """Everything prepare needs to know about a claim, read without the lock."""
+        try:
+            claim = await self._read_claim(ref)
+            allocation = claim.status.allocation if claim.status is not None else None
+            if allocation is None or allocation.devices is None:
+                raise ClaimError(f"{ref}: it is not allocated")
+            results = [r for r in allocation.devices.results or [] if r.driver == self.driver]
+            configs = self._configs(ref, allocation.devices.config or [])
+            devices = [await self._prepare_device(ref, r, configs) for r in results]
+        except ClaimError as exc:
+            return exc
+        if not devices:
+            log.warning("claim has no devices of this driver", extra={"claim": str(ref)})
+        return PreparedClaim(
+            namespace=ref.namespace, name=ref.name, prepared_at=self.clock(), devices=devices
+        )
+
+    async def _read_claim(self, ref: ClaimRef) -> Any:
+        try:
+            claim = await self.kube.get_resource_claim(namespace=ref.namespace, name=ref.name)
+        except kube_errors.NotFoundError as exc:
+            raise ClaimError(f"{ref}: it does not exist (any more)") from exc
+        except kube_errors.KubeError as exc:
+            raise ClaimError(
+                f"{ref}: reading it from the API server failed: {exc.message}"
+            ) from exc
+        if claim.metadata.uid != ref.uid:
+            raise ClaimError(
+                f"{ref}: the API server has a claim of that name with uid {claim.metadata.uid}; "
+                "the claim was deleted and created again"
+            )
+        return claim
+
+    def _configs(
+        self, ref: ClaimRef, entries: list[Any]
+    ) -> list[tuple[tuple[str, ...], GVirtuSConfig]]:
+        """This driver's configurations, class entries before claim entries (claim wins)."""
+        ours = [e for e in entries if e.opaque is not None and e.opaque.driver == self.driver]
+        ordered = sorted(ours, key=lambda e: 0 if e.source == "FromClass" else 1)
+        parsed = []
+        for entry in ordered:
+            try:
+                config = parse_config(entry.opaque.parameters)
+            except ConfigValidationError as exc:
+                where = "DeviceClass" if entry.source == "FromClass" else "claim"
+                scope = f" for requests {entry.requests}" if entry.requests else ""
+                raise ClaimError(
+                    f"{ref}: invalid opaque configuration from its {where}{scope}: {exc}"
+                ) from exc
+            parsed.append((tuple(entry.requests or ()), config))
+        return parsed
+
+    async def _prepare_device(
+        self, ref: ClaimRef, result: Any, configs: list[tuple[tuple[str, ...], GVirtuSConfig]]
+    ) -> PreparedDevice:
+        where = f"{result.pool}/{result.device}"
+        try:
+            info = await self.slices.resolve(pool=result.pool, device=result.device)
+        except kube_errors.KubeError as exc:
+            raise ClaimError(f"{ref}: looking up device {where} failed: {exc.message}") from exc
+        if info is None:
+            raise ClaimError(
+                f"{ref}: device {where} is not in any ResourceSlice of driver {self.driver} "
+                "(its backend may have been removed)"
+            )
+        try:
+            endpoint = gvirtus_config.parse_endpoint(
+                address=info.attributes.get("backendAddress"),
+                port=info.attributes.get("backendPort"),
+            )
+        except gvirtus_config.EndpointError as exc:
+            raise ClaimError(f"{ref}: device {where}: {exc}") from exc
+        base_request = result.request.split("/")[0]
+        applicable = [
+            c
+            for requests, c in configs
+            if not requests or {result.request, base_request} & set(requests)
+        ]
+        return PreparedDevice(
+            request=base_request,
+            pool=result.pool,
+            device=result.device,
+            share_id=result.share_id,
+            cdi_name=cdi.device_name(
+                claim_uid=ref.uid, device=result.device, share_id=result.share_id
+            ),
+            address=str(endpoint.address),
+            port=endpoint.port,
+            uuid=str(info.attributes.get("uuid", "")),
+            model=str(info.attributes.get("model", "")),
+            env=merge_configs(applicable),
+        )
+
+    # -- unprepare --------------------------------------------------------------------
+
+    async def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
+        """Unprepare every claim; map claim UID to an error, empty when it succeeded."""
+        refs = list({ref.uid: ref for ref in refs}.values())
+        async with self.serializer.hold():
+            try:
+                data = self._current()
+            except CheckpointError as exc:
+                return {r.uid: f"{r}: {exc}" for r in refs}
+            now = self.clock()
+            for ref in refs:
+                data.claims.pop(ref.uid, None)
+                data.unprepared[ref.uid] = now
+            try:
+                self._save(data)
+            except OSError as exc:
+                return {
+                    r.uid: f"{r}: recording the unprepare in the checkpoint failed: {exc}"
+                    for r in refs
+                }
+            crash_point("unprepare:checkpointed")
+            outcome = {}
+            for ref in refs:
+                try:
+                    self._remove_files(ref.uid)
+                    outcome[ref.uid] = ""
+                except OSError as exc:
+                    outcome[ref.uid] = f"{ref}: removing its files failed: {exc}"
+            return outcome
+
+    # -- files ------------------------------------------------------------------------
+
+    def _properties_path(self, claim_uid: str, index: int, device: PreparedDevice) -> pathlib.Path:
+        return self.claims_dir / claim_uid / f"{index}-{device.device}.json"
+
+    def _render(
+        self, claim_uid: str, entry: PreparedClaim
+    ) -> tuple[dict[pathlib.Path, bytes], bytes]:
+        """The properties files and the CDI spec of a prepared claim."""
+        properties: dict[pathlib.Path, bytes] = {}
+        devices = []
+        for index, device in enumerate(entry.devices):
+            path = self._properties_path(claim_uid, index, device)
+            endpoint = gvirtus_config.parse_endpoint(address=device.address, port=device.port)
+            properties[path] = gvirtus_config.render_properties(endpoint)
+            devices.append(_cdi_device(device, path))
+        return properties, cdi.render(devices) if devices else b""
+
+    def _write_files(self, claim_uid: str, entry: PreparedClaim) -> None:
+        properties, spec = self._render(claim_uid, entry)
+        (self.claims_dir / claim_uid).mkdir(mode=0o755, parents=True, exist_ok=True)
+        for path, content in properties.items():
+            files.atomic_write(path, content)
+        if spec:
+            cdi.write_spec(cdi_root=self.cdi_root, claim_uid=claim_uid, content=spec)
+
+    def _remove_files(self, claim_uid: str, *, quiet: bool = False) -> None:
+        try:
+            cdi.remove_spec(cdi_root=self.cdi_root, claim_uid=claim_uid)
+            shutil.rmtree(self.claims_dir / claim_uid, ignore_errors=False)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if not quiet:
+                raise
+            log.exception("cleaning up files of a failed prepare", extra={"claim_uid": claim_uid})
+
+    # -- start-up -----------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Make disk and checkpoint agree after a restart or crash.
+
+        Removes files of claims the checkpoint does not list and temporary files of
+        interrupted writes; rewrites missing or damaged files of listed claims (after a
+        reboot the CDI directory is empty). An unusable checkpoint is reported and
+        nothing is touched.
+        """
+        self.claims_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.cdi_root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        async with self.serializer.hold():
+            try:
+                data = self._current()
+            except CheckpointError as exc:
+                log.error(
+                    "checkpoint unusable; prepare and unprepare fail until it is fixed: %s", exc
+                )
+                return
+            removed = self._sweep(set(data.claims))
+            rebuilt = sum(self._restore(uid, entry) for uid, entry in data.claims.items())
+            if not self.checkpoint.path.exists():
+                self._save(data)
+        log.info(
+            "recovered state",
+            extra={"claims": len(data.claims), "debris_removed": removed, "files_rebuilt": rebuilt},
+        )
+
+    def _sweep(self, known: set[str]) -> int:
+        """Remove what no checkpointed claim accounts for; count the removals."""
+        debris: list[pathlib.Path] = []
+        for path in self.claims_dir.iterdir():
+            if path.name not in known:
+                debris.append(path)
+            elif path.is_dir():
+                debris += [p for p in path.iterdir() if files.is_temp(p)]
+        for path in self.cdi_root.iterdir():
+            uid = cdi.claim_uid_of(path)
+            if (uid is not None and uid not in known) or (
+                files.is_temp(path) and cdi.SPEC_PREFIX in path.name
+            ):
+                debris.append(path)
+        checkpoint_temp = f".{self.checkpoint.path.name}{files.TEMP_MARK}"
+        debris += list(self.checkpoint.path.parent.glob(f"{checkpoint_temp}*"))
+        for path in debris:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        return len(debris)
+
+    def _restore(self, claim_uid: str, entry: PreparedClaim) -> int:
+        """Rewrite the files of one claim that are missing or differ; count them."""
+        properties, spec = self._render(claim_uid, entry)
+        wanted = dict(properties)
+        if spec:
+            wanted[cdi.spec_path(cdi_root=self.cdi_root, claim_uid=claim_uid)] = spec
+        stale = [p for p, content in wanted.items() if _read(p) != content]
+        if stale:
+            self._write_files(claim_uid, entry)
+        return len(stale)
+
+
+def _read(path: pathlib.Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _cdi_device(device: PreparedDevice, properties: pathlib.Path) -> cdi.Device:
+    env = {
+        "GVIRTUS_CONFIG": gvirtus_config.CONTAINER_PATH,
+        "GVIRTUS_BACKEND": f"{device.address}:{device.port}",
+        "GVIRTUS_GPU_UUID": device.uuid,
+        "GVIRTUS_GPU_MODEL": device.model,
+        **device.env,
+    }
+    return cdi.Device(
+        name=device.cdi_name,
+        container_edits=cdi.ContainerEdits(
+            env=tuple(f"{k}={v}" for k, v in env.items()),
+            mounts=(
+                cdi.Mount(
+                    host_path=str(properties),
+                    container_path=gvirtus_config.CONTAINER_PATH,
+                    options=MOUNT_OPTIONS,
+                ),
+            ),
+        ),
+    )

@@ -1,0 +1,529 @@
+"""Prepare and unprepare against real-shaped claims and slices, with real files.
+
+These tests drive the plugin's state directly (in-process, one event loop) with the
+test API server holding claims and slices; the process-level tests in
+``test_plugin_process.py`` then cover the same paths through the kubelet's sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from dra_driver.kube.client import KubeClient
+from dra_driver.kube.watch import list_watch
+from dra_driver.plugin import slice_cache as slice_cache_module
+from dra_driver.plugin.checkpoint import CheckpointFile
+from dra_driver.plugin.locking import Serializer
+from dra_driver.plugin.slice_cache import SliceCache
+from dra_driver.plugin.state import ClaimRef, State
+from tests.support import cdi_check, gvirtus, objects
+from tests.support.apiserver import APIServer, fixture_object
+from tests.support.objects import Config, Device, Result, gvirtus_config
+
+
+@dataclass
+class Node:
+    state: State
+    slices: SliceCache
+    root: pathlib.Path
+
+    @property
+    def cdi(self) -> pathlib.Path:
+        return self.root / "cdi"
+
+    @property
+    def claims(self) -> pathlib.Path:
+        return self.root / "data" / "claims"
+
+    @property
+    def checkpoint(self) -> pathlib.Path:
+        return self.root / "data" / "checkpoint.json"
+
+    def spec(self, uid: str) -> dict[str, Any]:
+        return cdi_check.validate(self.cdi / f"gvirtus.io-gpu_{uid}.json")
+
+    def files(self) -> list[str]:
+        found = [p for p in self.root.rglob("*") if p.is_file() and p.name != "serialize.lock"]
+        return sorted(str(p.relative_to(self.root)) for p in found)
+
+    def recorded(self) -> dict[str, Any]:
+        return json.loads(self.checkpoint.read_text())["claims"]
+
+
+def build_state(
+    kube: KubeClient, root: pathlib.Path, *, lock: bool = False
+) -> tuple[State, SliceCache]:
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    slices = SliceCache(driver="gpu.gvirtus.io", kube=kube, sync_timeout=0.2)
+    serializer = Serializer(lock_file=root / "data" / "serialize.lock" if lock else None)
+    serializer.open()
+    state = State(
+        driver="gpu.gvirtus.io",
+        kube=kube,
+        slices=slices,
+        serializer=serializer,
+        checkpoint=CheckpointFile(path=root / "data" / "checkpoint.json", driver="gpu.gvirtus.io"),
+        claims_dir=root / "data" / "claims",
+        cdi_root=root / "cdi",
+    )
+    return state, slices
+
+
+@pytest.fixture
+async def kube(kubeconfig: pathlib.Path) -> AsyncIterator[KubeClient]:
+    client = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def node(kube: KubeClient, short_tmp: pathlib.Path) -> AsyncIterator[Node]:
+    state, slices = build_state(kube, short_tmp / "node")
+    watch = asyncio.create_task(
+        list_watch(
+            list_func=kube.resource.list_resource_slice,
+            consumer=slices,
+            component="test",
+            resource="resourceslices",
+            field_selector=slices.field_selector,
+        )
+    )
+    await state.recover()
+    yield Node(state, slices, short_tmp / "node")
+    watch.cancel()
+    await asyncio.gather(watch, return_exceptions=True)
+    state.serializer.close()
+
+
+BACKEND_A = objects.backend_slice(
+    pool="backend-node-a",
+    devices=[Device("gpu-0", uuid="GPU-aaaa-0"), Device("gpu-1", port=10000, uuid="GPU-aaaa-1")],
+)
+
+
+def seed(
+    apiserver: APIServer, *claims: dict[str, Any], slices: tuple[dict[str, Any], ...] = (BACKEND_A,)
+) -> None:
+    for item in slices:
+        apiserver.put(item)
+    for claim in claims:
+        apiserver.put(claim)
+
+
+def ref(claim: dict[str, Any]) -> ClaimRef:
+    meta = claim["metadata"]
+    return ClaimRef(namespace=meta["namespace"], uid=meta["uid"], name=meta["name"])
+
+
+async def test_prepare_writes_frontend_config_cdi_spec_and_checkpoint(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-1")])
+    seed(apiserver, claim)
+    uid = claim["metadata"]["uid"]
+
+    result = (await node.state.prepare([ref(claim)]))[uid]
+
+    assert result.error == ""
+    (device,) = result.devices
+    assert (device.request, device.pool, device.device, device.share_id) == (
+        "gpu",
+        "backend-node-a",
+        "gpu-1",
+        None,
+    )
+    assert device.cdi_name == f"{uid}-gpu-1"
+    properties = node.claims / uid / "0-gpu-1.json"
+    assert gvirtus.parse(properties.read_bytes()) == gvirtus.FrontendEndpoint(
+        "tcp/ip", "tcp", "10.0.0.5", 10000
+    )
+    spec = node.spec(uid)
+    assert cdi_check.env_of(spec, f"{uid}-gpu-1") == {
+        "GVIRTUS_CONFIG": "/etc/gvirtus/properties.json",
+        "GVIRTUS_BACKEND": "10.0.0.5:10000",
+        "GVIRTUS_GPU_UUID": "GPU-aaaa-1",
+        "GVIRTUS_GPU_MODEL": "NVIDIA H100 80GB HBM3",
+    }
+    (mount,) = spec["devices"][0]["containerEdits"]["mounts"]
+    assert mount == {
+        "hostPath": str(properties),
+        "containerPath": "/etc/gvirtus/properties.json",
+        "options": ["ro", "nosuid", "nodev", "bind"],
+    }
+    assert list(node.recorded()) == [uid]
+
+
+async def test_prepare_is_idempotent_and_answers_from_the_checkpoint(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    first = await node.state.prepare([ref(claim)])
+    spec_path = node.cdi / f"gvirtus.io-gpu_{claim['metadata']['uid']}.json"
+    spec_path.unlink()  # tmpfs after a reboot
+    reads = len(apiserver.requests)
+    apiserver.remove("resourceclaims", "c1", "gvirtus-demo")
+
+    second = await node.state.prepare([ref(claim)])
+
+    assert second == first
+    assert spec_path.exists(), "prepare always rewrites the CDI spec"
+    assert len(apiserver.requests) == reads, "an already prepared claim needs no API call"
+
+
+async def test_every_claim_of_a_request_gets_an_answer(apiserver: APIServer, node: Node) -> None:
+    good = objects.allocated_claim(name="good")
+    missing = objects.allocated_claim(name="missing")
+    pending = objects.unallocated_claim(name="pending")
+    seed(apiserver, good, pending)
+
+    results = await node.state.prepare([ref(good), ref(missing), ref(pending)])
+
+    assert results[good["metadata"]["uid"]].error == ""
+    assert "ResourceClaim gvirtus-demo/missing" in results[missing["metadata"]["uid"]].error
+    assert "does not exist" in results[missing["metadata"]["uid"]].error
+    assert "gvirtus-demo/pending" in results[pending["metadata"]["uid"]].error
+    assert "not allocated" in results[pending["metadata"]["uid"]].error
+    assert list(node.recorded()) == [good["metadata"]["uid"]]
+    assert [p.name for p in node.claims.iterdir()] == [good["metadata"]["uid"]]
+
+
+def bad_slice(**device: Any) -> dict[str, Any]:
+    return objects.backend_slice(pool="backend-bad", devices=[Device("gpu-0", **device)])
+
+
+@pytest.mark.parametrize(
+    ("claim_args", "slices", "message"),
+    [
+        (
+            {"results": [Result("backend-node-a", "gpu-9")]},
+            (BACKEND_A,),
+            "device backend-node-a/gpu-9 is not in any ResourceSlice of driver gpu.gvirtus.io",
+        ),
+        (
+            {"results": [Result("no-such-pool", "gpu-0")]},
+            (BACKEND_A,),
+            "device no-such-pool/gpu-0 is not in any",
+        ),
+        (
+            {"results": [Result("backend-bad", "gpu-0")]},
+            (bad_slice(address="backend.example"),),
+            "not a literal IPv4 address",
+        ),
+        (
+            {"results": [Result("backend-bad", "gpu-0")]},
+            (bad_slice(omit=("backendAddress",)),),
+            "backendAddress must be a string IPv4 address, got None",
+        ),
+        (
+            {"results": [Result("backend-bad", "gpu-0")]},
+            (bad_slice(port=65510),),
+            "backendPort 65510 is rejected by the GVirtuS frontend",
+        ),
+        (
+            {"results": [Result("backend-bad", "gpu-0")]},
+            (bad_slice(omit=("backendPort",)),),
+            "backendPort must be an integer from 1 to 65535, got None",
+        ),
+        (
+            {"configs": [Config(gvirtus_config(logLevl="debug"))]},
+            (BACKEND_A,),
+            "invalid opaque configuration from its claim: unknown field 'logLevl'",
+        ),
+        (
+            {"configs": [Config(gvirtus_config(gvirtusHome="rel"), source="FromClass")]},
+            (BACKEND_A,),
+            "from its DeviceClass: gvirtusHome: must be an absolute path",
+        ),
+        (
+            {
+                "configs": [
+                    Config(
+                        {"apiVersion": "gpu.gvirtus.io/v2", "kind": "GVirtuSConfig"},
+                        requests=("gpu",),
+                    )
+                ]
+            },
+            (BACKEND_A,),
+            "from its claim for requests ['gpu']: apiVersion must be",
+        ),
+    ],
+    ids=[
+        "unknown-device",
+        "unknown-pool",
+        "hostname-address",
+        "no-address",
+        "port-in-frontend-gap",
+        "no-port",
+        "config-typo",
+        "class-config-relative-home",
+        "config-wrong-version",
+    ],
+)
+async def test_claim_failures_name_the_claim_and_the_cause(
+    apiserver: APIServer,
+    node: Node,
+    claim_args: dict[str, Any],
+    slices: tuple[dict[str, Any], ...],
+    message: str,
+) -> None:
+    claim = objects.allocated_claim(name="broken", **claim_args)
+    seed(apiserver, claim, slices=slices)
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert result.devices == ()
+    assert f"ResourceClaim gvirtus-demo/broken (uid {claim['metadata']['uid']})" in result.error
+    assert message in result.error
+    assert node.recorded() == {}
+    assert not list(node.claims.iterdir())
+    assert not list(node.cdi.iterdir())
+
+
+async def test_replaced_claim_is_refused(apiserver: APIServer, node: Node) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    stale = ClaimRef(namespace="gvirtus-demo", uid=str(uuid.uuid4()), name="c1")
+
+    result = (await node.state.prepare([stale]))[stale.uid]
+
+    assert f"has a claim of that name with uid {claim['metadata']['uid']}" in result.error
+    assert "deleted and created again" in result.error
+
+
+async def test_api_failures_become_claim_errors(apiserver: APIServer, node: Node) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    apiserver.fail_next("GET", "/resourceclaims/c1", code=503, message="etcd is sad")
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert "reading it from the API server failed: etcd is sad" in result.error
+    retry = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+    assert retry.error == ""
+
+
+async def test_claim_config_wins_over_class_config_field_by_field(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(
+        name="c1",
+        results=[
+            Result("backend-node-a", "gpu-0", request="train/a100"),
+            Result("backend-node-a", "gpu-1", request="eval"),
+        ],
+        configs=[
+            Config(gvirtus_config(logLevel="error"), source="FromClaim"),
+            Config(
+                gvirtus_config(logLevel="debug", gvirtusHome="/opt/gvirtus"), source="FromClass"
+            ),
+            Config(gvirtus_config(dumpStats=True), requests=("train",)),
+            Config({"unrelated": True}, driver="gpu.example.com"),
+        ],
+    )
+    seed(apiserver, claim)
+    uid = claim["metadata"]["uid"]
+
+    result = (await node.state.prepare([ref(claim)]))[uid]
+
+    assert result.error == ""
+    assert [d.request for d in result.devices] == ["train", "eval"], (
+        "subrequests report their base request"
+    )
+    spec = node.spec(uid)
+    train, evaluate = cdi_check.env_of(spec, f"{uid}-gpu-0"), cdi_check.env_of(spec, f"{uid}-gpu-1")
+    assert (train["GVIRTUS_LOGLEVEL"], train["GVIRTUS_HOME"], train["GVIRTUS_DUMP_STATS"]) == (
+        "40000",
+        "/opt/gvirtus",
+        "true",
+    )
+    assert (evaluate["GVIRTUS_LOGLEVEL"], evaluate["GVIRTUS_HOME"]) == ("40000", "/opt/gvirtus")
+    assert "GVIRTUS_DUMP_STATS" not in evaluate
+
+
+async def test_results_of_other_drivers_are_left_to_them(apiserver: APIServer, node: Node) -> None:
+    claim = objects.allocated_claim(
+        name="c1",
+        results=[
+            Result("backend-node-a", "gpu-0"),
+            Result("worker-2", "gpu-0", driver="gpu.example.com"),
+        ],
+    )
+    seed(apiserver, claim)
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert [(d.pool, d.device) for d in result.devices] == [("backend-node-a", "gpu-0")]
+
+
+async def test_shared_device_gets_a_cdi_name_per_share(apiserver: APIServer, node: Node) -> None:
+    shared = objects.backend_slice(pool="backend-node-b", devices=[Device("gpu-0")])
+    a = fixture_object("02-shared-claim-a-allocated-get.json")
+    b = fixture_object("02-shared-claim-b-allocated-get.json")
+    seed(apiserver, a, b, slices=(shared,))
+
+    results = await node.state.prepare([ref(a), ref(b)])
+
+    names = {uid: r.devices[0].cdi_name for uid, r in results.items()}
+    share_a = a["status"]["allocation"]["devices"]["results"][0]["shareID"]
+    assert names[a["metadata"]["uid"]] == f"{a['metadata']['uid']}-gpu-0-{share_a}"
+    assert results[a["metadata"]["uid"]].devices[0].share_id == share_a
+    assert len(set(names.values())) == 2
+
+
+async def test_unprepare_removes_everything_and_unknown_claims_succeed(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    await node.state.prepare([ref(claim)])
+    apiserver.remove("resourceclaims", "c1", "gvirtus-demo")  # may already be gone
+    unknown = ClaimRef(namespace="gvirtus-demo", uid=str(uuid.uuid4()), name="never-prepared")
+
+    outcome = await node.state.unprepare([ref(claim), unknown])
+
+    assert outcome == {claim["metadata"]["uid"]: "", unknown.uid: ""}
+    assert node.recorded() == {}
+    assert node.files() == ["data/checkpoint.json"]
+
+
+async def test_prepare_overtaken_by_unprepare_does_not_resurrect_the_claim(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    apiserver.fail_next("GET", "/resourceclaims/c1", code=0, delay=0.5)
+
+    late = asyncio.create_task(node.state.prepare([ref(claim)]))
+    await asyncio.sleep(0.2)
+    assert await node.state.unprepare([ref(claim)]) == {claim["metadata"]["uid"]: ""}
+    result = (await late)[claim["metadata"]["uid"]]
+
+    assert "unprepared while this prepare was in flight" in result.error
+    assert node.recorded() == {}
+    assert node.files() == ["data/checkpoint.json"]
+    again = await node.state.prepare([ref(claim)])
+    assert again[claim["metadata"]["uid"]].error == "", (
+        "a prepare that starts later may prepare it again"
+    )
+
+
+async def test_concurrent_prepares_all_land_in_one_consistent_checkpoint(
+    apiserver: APIServer, node: Node
+) -> None:
+    claims = [
+        objects.allocated_claim(name=f"c{i}", results=[Result("backend-node-a", f"gpu-{i % 2}")])
+        for i in range(40)
+    ]
+    seed(apiserver, *claims)
+
+    outcomes = await asyncio.gather(*(node.state.prepare([ref(c)]) for c in claims))
+
+    assert all(r.error == "" for outcome in outcomes for r in outcome.values())
+    assert sorted(node.recorded()) == sorted(c["metadata"]["uid"] for c in claims)
+    assert len(list(node.cdi.iterdir())) == 40
+
+
+async def test_cache_miss_reads_the_api_once_for_concurrent_callers(
+    apiserver: APIServer, kube: KubeClient, short_tmp: pathlib.Path
+) -> None:
+    state, _ = build_state(kube, short_tmp / "cold")  # no watch: the cache never syncs
+    await state.recover()
+    claims = [objects.allocated_claim(name=f"c{i}") for i in range(5)]
+    seed(apiserver, *claims)
+    misses = slice_cache_module.MISSES.labels("found")._value.get()
+
+    outcomes = await asyncio.gather(*(state.prepare([ref(c)]) for c in claims))
+
+    assert all(r.error == "" for outcome in outcomes for r in outcome.values())
+    slice_lists = [r for r in apiserver.requests if r.path.endswith("/resourceslices")]
+    assert len(slice_lists) == 1
+    assert slice_lists[0].query == {"fieldSelector": "spec.driver=gpu.gvirtus.io"}
+    assert slice_cache_module.MISSES.labels("found")._value.get() == misses + 5
+
+
+async def test_recovery_removes_debris_and_rebuilds_lost_files(
+    apiserver: APIServer, kube: KubeClient, node: Node
+) -> None:
+    kept = objects.allocated_claim(name="kept")
+    seed(apiserver, kept)
+    await node.state.prepare([ref(kept)])
+    uid = kept["metadata"]["uid"]
+    before = {p: p.read_bytes() for p in node.root.rglob("*.json")}
+    orphan = str(uuid.uuid4())
+    (node.claims / orphan).mkdir()
+    (node.claims / orphan / "0-gpu-0.json").write_text("{}")
+    (node.cdi / f"gvirtus.io-gpu_{orphan}.json").write_text("{}")
+    (node.cdi / f".gvirtus.io-gpu_{uid}.json.tmp-0a1b2c3d").write_text("torn")
+    (node.root / "data" / ".checkpoint.json.tmp-deadbeef").write_text("torn")
+    (node.cdi / "other-vendor.json").write_text("{}")
+    (node.cdi / f"gvirtus.io-gpu_{uid}.json").unlink()  # the reboot emptied /var/run/cdi
+    (node.claims / uid / "0-gpu-0.json").write_text("damaged")
+
+    restarted, _ = build_state(kube, node.root)
+    await restarted.recover()
+
+    assert {
+        p: p.read_bytes() for p in node.root.rglob("*.json") if p.name != "other-vendor.json"
+    } == before
+    assert (node.cdi / "other-vendor.json").exists(), (
+        "files of other vendors are not ours to remove"
+    )
+    assert not any("tmp-" in p.name for p in node.root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b'{"apiVersion": "v1", "kind": "ConfigMap"}'],
+    ids=["corrupt", "foreign"],
+)
+async def test_unusable_checkpoint_fails_claims_loudly_until_an_admin_moves_it(
+    apiserver: APIServer, node: Node, content: bytes
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    node.checkpoint.write_bytes(content)
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+    unprepared = await node.state.unprepare([ref(claim)])
+
+    assert str(node.checkpoint) in result.error
+    assert "move it aside" in result.error
+    assert str(node.checkpoint) in unprepared[claim["metadata"]["uid"]]
+    assert node.checkpoint.read_bytes() == content, "the file is never replaced"
+    assert not list(node.claims.iterdir())
+    node.checkpoint.rename(node.checkpoint.with_suffix(".broken"))
+    assert (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]].error == ""
+
+
+async def test_file_lock_serializes_two_instances(short_tmp: pathlib.Path) -> None:
+    first, second = (
+        Serializer(lock_file=short_tmp / "lock"),
+        Serializer(lock_file=short_tmp / "lock"),
+    )
+    first.open()
+    second.open()
+    order: list[str] = []
+    try:
+        async with first.hold():
+            waiting = asyncio.create_task(_hold(second, order))
+            await asyncio.sleep(0.1)
+            order.append("first done")
+        await waiting
+    finally:
+        first.close()
+        second.close()
+    assert order == ["first done", "second got it"]
+
+
+async def _hold(serializer: Serializer, order: list[str]) -> None:
+    async with serializer.hold():
+        order.append("second got it")

@@ -1,0 +1,170 @@
+"""Real-shaped API objects for tests, derived from the Kubernetes 1.36 captures.
+
+Builders start from a captured object (so every field the API server really sets is
+there: managedFields, finalizers, reservedFor, allocationTimestamp, ...) and change
+only what a test cares about.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.support.apiserver import fixture_object
+
+DRIVER = "gpu.gvirtus.io"
+NAMESPACE = "gvirtus-demo"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One allocation result of a claim."""
+
+    pool: str
+    device: str
+    request: str = "gpu"
+    share_id: str | None = None
+    driver: str = DRIVER
+
+
+@dataclass(frozen=True)
+class Config:
+    """One entry of ``status.allocation.devices.config``."""
+
+    parameters: Mapping[str, Any]
+    source: str = "FromClaim"
+    requests: tuple[str, ...] = ()
+    driver: str = DRIVER
+
+
+def gvirtus_config(**fields: Any) -> dict[str, Any]:
+    return {"apiVersion": "gpu.gvirtus.io/v1alpha1", "kind": "GVirtuSConfig", **fields}
+
+
+def allocated_claim(
+    *,
+    name: str,
+    uid: str | None = None,
+    namespace: str = NAMESPACE,
+    results: Iterable[Result] = (Result("backend-node-a", "gpu-0"),),
+    configs: Iterable[Config] = (),
+) -> dict[str, Any]:
+    """An allocated ResourceClaim, shaped like ``01-resourceclaim-allocated-get.json``."""
+    claim = copy.deepcopy(fixture_object("01-resourceclaim-allocated-get.json"))
+    meta = claim["metadata"]
+    meta.update(name=name, namespace=namespace, uid=uid or str(uuid.uuid4()))
+    meta.pop("resourceVersion", None)
+    meta.pop("generateName", None)
+    allocation = claim["status"]["allocation"]["devices"]
+    allocation["results"] = []
+    for r in results:
+        entry: dict[str, Any] = {
+            "request": r.request,
+            "driver": r.driver,
+            "pool": r.pool,
+            "device": r.device,
+        }
+        if r.share_id:
+            entry["shareID"] = r.share_id
+            entry["consumedCapacity"] = {"memory": "8Gi"}
+        allocation["results"].append(entry)
+    config = [
+        {
+            "source": c.source,
+            **({"requests": list(c.requests)} if c.requests else {}),
+            "opaque": {"driver": c.driver, "parameters": dict(c.parameters)},
+        }
+        for c in configs
+    ]
+    if config:
+        allocation["config"] = config
+    return claim
+
+
+def unallocated_claim(
+    *, name: str, uid: str | None = None, namespace: str = NAMESPACE
+) -> dict[str, Any]:
+    """A pending claim (``status: {}``), like ``01-nomatch-resourceclaim-pending-get.json``."""
+    claim = copy.deepcopy(fixture_object("01-nomatch-resourceclaim-pending-get.json"))
+    claim["metadata"].update(name=name, namespace=namespace, uid=uid or str(uuid.uuid4()))
+    claim["metadata"].pop("resourceVersion", None)
+    claim["metadata"].pop("generateName", None)
+    return claim
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of a backend slice; attributes as the controller publishes them."""
+
+    name: str
+    address: Any = "10.0.0.5"
+    port: Any = 9999
+    uuid: str = field(default_factory=lambda: f"GPU-{uuid.uuid4()}")
+    model: str = "NVIDIA H100 80GB HBM3"
+    taints: tuple[tuple[str, str, str], ...] = ()
+    omit: tuple[str, ...] = ()
+
+
+def backend_slice(
+    *,
+    pool: str,
+    devices: Iterable[Device],
+    generation: int = 1,
+    name: str | None = None,
+    slice_count: int = 1,
+) -> dict[str, Any]:
+    """A network-attached slice, shaped like ``01-resourceslice-get.json``."""
+    template = copy.deepcopy(fixture_object("01-resourceslice-get.json"))
+    meta = {k: v for k, v in template["metadata"].items() if k in ("managedFields",)}
+    meta["name"] = name or f"{DRIVER}-{pool}-0"
+    spec = template["spec"]
+    spec["pool"] = {"name": pool, "generation": generation, "resourceSliceCount": slice_count}
+    spec["devices"] = []
+    for index, d in enumerate(devices):
+        attributes: dict[str, Any] = {
+            "backendAddress": {"string": d.address}
+            if isinstance(d.address, str)
+            else {"int": d.address},
+            "backendNode": {"string": pool},
+            "backendPort": {"int": d.port} if isinstance(d.port, int) else {"string": str(d.port)},
+            "cudaVersion": {"version": "12.6.3"},
+            "index": {"int": index},
+            "model": {"string": d.model},
+            "uuid": {"string": d.uuid},
+        }
+        for key in d.omit:
+            attributes.pop(key, None)
+        device: dict[str, Any] = {
+            "name": d.name,
+            "attributes": attributes,
+            "capacity": {"memory": {"value": "80Gi"}},
+        }
+        if d.taints:
+            device["taints"] = [
+                {"key": k, "value": v, "effect": e, "timeAdded": "2026-11-23T01:11:42Z"}
+                for k, v, e in d.taints
+            ]
+        spec["devices"].append(device)
+    return {
+        "kind": "ResourceSlice",
+        "apiVersion": "resource.k8s.io/v1",
+        "metadata": meta,
+        "spec": spec,
+    }
+
+
+def node(*, name: str, frontend: bool = True) -> dict[str, Any]:
+    """A Node shaped like ``09-node-get.json``."""
+    obj = copy.deepcopy(fixture_object("09-node-get.json"))
+    obj["metadata"]["name"] = name
+    obj["metadata"].pop("resourceVersion", None)
+    labels = obj["metadata"].setdefault("labels", {})
+    labels["kubernetes.io/hostname"] = name
+    if frontend:
+        labels["gvirtus.io/frontend.allowed"] = "true"
+    else:
+        labels.pop("gvirtus.io/frontend.allowed", None)
+    return obj
