@@ -12,8 +12,6 @@ Rules the rest of the plugin relies on:
 * Writes are atomic and durable (temp file, fsync, rename, fsync of the directory).
 * Files on disk (CDI specs, ``properties.json``) not listed here are debris of an
   interrupted operation and may be removed; files listed here may be rebuilt.
-* ``unprepared`` remembers recently unprepared claim UIDs with the time, so a late
-  prepare that started before the unprepare cannot bring the claim back.
 """
 
 from __future__ import annotations
@@ -71,7 +69,6 @@ class CheckpointData(_Model):
     kind: Literal["KubeletPluginCheckpoint"] = KIND
     driver: str
     claims: dict[str, PreparedClaim] = Field(default_factory=dict)
-    unprepared: dict[str, float] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)

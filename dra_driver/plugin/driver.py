@@ -34,7 +34,7 @@ class DRAPluginServicer:
         """Prepare the claims; one response entry per claim UID."""
         refs, invalid = _refs(request.claims)
         started = time.perf_counter()
-        results = await self.state.prepare(refs) if refs else {}
+        results = await self.state.prepare(refs, timeout=context.time_remaining()) if refs else {}
         elapsed = time.perf_counter() - started
         response = self.messages.NodePrepareResourcesResponse()
         for uid, message in invalid.items():

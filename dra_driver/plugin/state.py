@@ -13,8 +13,9 @@ Invariants, kept under the serialization lock:
 * files are written before the checkpoint names the claim, and the checkpoint drops
   a claim before its files are removed; so after a crash anywhere, files of claims
   the checkpoint does not list are debris, removed by :meth:`State.recover`;
-* a prepare that started before an unprepare of the same claim finished does not
-  bring the claim back (the checkpoint remembers recent unprepares);
+* a prepare the kubelet gave up on never records its claim: past the call's deadline
+  (the kubelet's is 45 s) it refuses to, in whichever plugin process it runs, and an
+  unprepare of the claim in this process while it was in flight also stops it;
 * every claim gets an answer: failures are per claim and name the claim and cause.
 """
 
@@ -51,8 +52,8 @@ log = logging.getLogger(__name__)
 
 PREPARED_CLAIMS = Gauge("gvirtus_dra_prepared_claims", "Claims prepared on this node.")
 
-TOMBSTONE_SECONDS = 600.0
-"""How long an unprepare is remembered: far beyond the kubelet's 45 s call timeout."""
+KUBELET_CALL_TIMEOUT = 45.0
+"""Seconds the kubelet waits for a DRA call; the deadline when a call carries none."""
 
 MOUNT_OPTIONS = ("ro", "nosuid", "nodev", "bind")
 
@@ -105,6 +106,7 @@ class State:
         self.cdi_root = cdi_root
         self.clock = clock
         self._data: CheckpointData | None = None
+        self._unprepared_at: dict[str, float] = {}
 
     # -- the checkpoint in memory ---------------------------------------------------
 
@@ -121,8 +123,6 @@ class State:
         return self._data
 
     def _save(self, data: CheckpointData) -> None:
-        horizon = self.clock() - TOMBSTONE_SECONDS
-        data.unprepared = {uid: at for uid, at in data.unprepared.items() if at >= horizon}
         try:
             self.checkpoint.write(data)
         except BaseException:
@@ -148,9 +148,16 @@ class State:
 
     # -- prepare ----------------------------------------------------------------------
 
-    async def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
-        """Prepare every claim; the result has one entry per claim UID."""
-        started = self.clock()
+    async def prepare(
+        self, refs: Sequence[ClaimRef], *, timeout: float | None = None
+    ) -> dict[str, PrepareResult]:
+        """Prepare every claim; the result has one entry per claim UID.
+
+        ``timeout`` is what is left of the caller's deadline (the kubelet's 45 s when
+        unknown); a claim not recorded by then is not recorded at all.
+        """
+        started = time.monotonic()
+        deadline = started + (KUBELET_CALL_TIMEOUT if timeout is None else timeout)
         refs = list({ref.uid: ref for ref in refs}.values())
         known = self._known_uids()
         plans = dict(
@@ -165,7 +172,9 @@ class State:
                 data = self._current()
             except CheckpointError as exc:
                 return {r.uid: PrepareResult(error=f"{r}: {exc}") for r in refs}
-            return self._commit(refs=refs, plans=plans, data=data, started=started)
+            return self._commit(
+                refs=refs, plans=plans, data=data, started=started, deadline=deadline
+            )
 
     def _known_uids(self) -> set[str]:
         try:
@@ -180,13 +189,14 @@ class State:
         plans: dict[str, PreparedClaim | ClaimError],
         data: CheckpointData,
         started: float,
+        deadline: float,
     ) -> dict[str, PrepareResult]:
         results: dict[str, PrepareResult] = {}
         added: list[ClaimRef] = []
         for ref in refs:
             try:
                 entry = self._entry_for(
-                    ref=ref, plan=plans.get(ref.uid), data=data, started=started
+                    ref=ref, plan=plans.get(ref.uid), data=data, started=started, deadline=deadline
                 )
                 self._write_files(ref.uid, entry)
             except ClaimError as exc:
@@ -198,7 +208,6 @@ class State:
                 continue
             if ref.uid not in data.claims:
                 data.claims[ref.uid] = entry
-                data.unprepared.pop(ref.uid, None)
                 added.append(ref)
             results[ref.uid] = PrepareResult(devices=tuple(entry.devices))
         if added:
@@ -221,12 +230,17 @@ class State:
         plan: PreparedClaim | ClaimError | None,
         data: CheckpointData,
         started: float,
+        deadline: float,
     ) -> PreparedClaim:
         entry = data.claims.get(ref.uid)
         if entry is not None:
             return entry
-        unprepared_at = data.unprepared.get(ref.uid)
-        if unprepared_at is not None and unprepared_at >= started:
+        if time.monotonic() > deadline:
+            raise ClaimError(
+                f"{ref}: the kubelet stopped waiting for this prepare (its deadline passed); "
+                "not recording the claim, the kubelet will ask again"
+            )
+        if self._unprepared_at.get(ref.uid, float("-inf")) >= started:
             raise ClaimError(
                 f"{ref}: it was unprepared while this prepare was in flight; not preparing it again"
             )
@@ -342,10 +356,9 @@ class State:
                 data = self._current()
             except CheckpointError as exc:
                 return {r.uid: f"{r}: {exc}" for r in refs}
-            now = self.clock()
+            self._remember_unprepares(refs)
             for ref in refs:
                 data.claims.pop(ref.uid, None)
-                data.unprepared[ref.uid] = now
             try:
                 self._save(data)
             except OSError as exc:
@@ -362,6 +375,13 @@ class State:
                 except OSError as exc:
                     outcome[ref.uid] = f"{ref}: removing its files failed: {exc}"
             return outcome
+
+    def _remember_unprepares(self, refs: Sequence[ClaimRef]) -> None:
+        """Note when claims were unprepared, for as long as a prepare could still run."""
+        now = time.monotonic()
+        horizon = now - KUBELET_CALL_TIMEOUT
+        self._unprepared_at = {u: t for u, t in self._unprepared_at.items() if t >= horizon}
+        self._unprepared_at.update((ref.uid, now) for ref in refs)
 
     # -- files ------------------------------------------------------------------------
 

@@ -351,6 +351,24 @@ async def test_crash_at_any_point_leaves_a_consistent_node(
     await plugin.close()
 
 
+async def test_prepare_the_kubelet_gave_up_on_does_not_come_back(
+    apiserver: APIServer, start: Callable[..., Any], node_dirs: PluginDirs
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    apiserver.put(claim)
+    plugin = await register(await start())
+    apiserver.fail_next("GET", "/resourceclaims/c1", code=0, delay=1.0)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await plugin.prepare([claim_of(claim)], timeout=0.3)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await plugin.unprepare([claim_of(claim)]) == {claim["metadata"]["uid"]: ""}
+    await asyncio.sleep(1.2)  # the slow read has answered by now
+
+    assert invariants(node_dirs) == {}
+    await plugin.close()
+
+
 async def test_random_kills_during_concurrent_prepares_never_leave_orphans(
     apiserver: APIServer, start: Callable[..., Any], node_dirs: PluginDirs
 ) -> None:

@@ -416,6 +416,20 @@ async def test_prepare_overtaken_by_unprepare_does_not_resurrect_the_claim(
     )
 
 
+async def test_prepare_past_the_kubelets_deadline_records_nothing(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    apiserver.fail_next("GET", "/resourceclaims/c1", code=0, delay=0.4)
+
+    result = (await node.state.prepare([ref(claim)], timeout=0.2))[claim["metadata"]["uid"]]
+
+    assert "the kubelet stopped waiting for this prepare" in result.error
+    assert node.recorded() == {}
+    assert node.files() == ["data/checkpoint.json"]
+
+
 async def test_concurrent_prepares_all_land_in_one_consistent_checkpoint(
     apiserver: APIServer, node: Node
 ) -> None:

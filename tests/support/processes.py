@@ -23,17 +23,20 @@ def free_port() -> int:
 
 @dataclass
 class PluginDirs:
-    """Host directories of one emulated node (kept short: socket paths max 107 chars)."""
+    """Host directories of one emulated node (kept short: socket paths max 107 chars).
+
+    ``cdi`` may be put elsewhere, e.g. on a tmpfs as ``/var/run/cdi`` is on real nodes.
+    """
 
     root: pathlib.Path
+    cdi: pathlib.Path | None = None
     registry: pathlib.Path = field(init=False)
     plugins: pathlib.Path = field(init=False)
-    cdi: pathlib.Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.registry = self.root / "reg"
         self.plugins = self.root / "plugins"
-        self.cdi = self.root / "cdi"
+        self.cdi = self.cdi or self.root / "cdi"
         for path in (self.registry, self.plugins, self.cdi):
             path.mkdir(parents=True, exist_ok=True)
 
