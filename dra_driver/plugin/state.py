@@ -204,7 +204,8 @@ class State:
                 continue
             except OSError as exc:
                 results[ref.uid] = PrepareResult(error=f"{ref}: writing its files failed: {exc}")
-                self._remove_files(ref.uid, quiet=True)
+                if ref.uid not in data.claims:  # a recorded claim keeps what it has
+                    self._remove_files(ref.uid, quiet=True)
                 continue
             if ref.uid not in data.claims:
                 data.claims[ref.uid] = entry
@@ -410,15 +411,28 @@ class State:
             cdi.write_spec(cdi_root=self.cdi_root, claim_uid=claim_uid, content=spec)
 
     def _remove_files(self, claim_uid: str, *, quiet: bool = False) -> None:
-        try:
-            cdi.remove_spec(cdi_root=self.cdi_root, claim_uid=claim_uid)
-            shutil.rmtree(self.claims_dir / claim_uid, ignore_errors=False)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if not quiet:
-                raise
-            log.exception("cleaning up files of a failed prepare", extra={"claim_uid": claim_uid})
+        """Remove the claim's CDI spec and its directory; both are tried either way.
+
+        Raises:
+            OSError: the first removal that failed (unless ``quiet``, which logs it).
+        """
+        failures: list[OSError] = []
+        for remove in (
+            lambda: cdi.remove_spec(cdi_root=self.cdi_root, claim_uid=claim_uid),
+            lambda: shutil.rmtree(self.claims_dir / claim_uid),
+        ):
+            try:
+                remove()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failures.append(exc)
+        if failures and not quiet:
+            raise failures[0]
+        for exc in failures:
+            log.warning(
+                "could not clean up after a failed prepare: %s", exc, extra={"claim_uid": claim_uid}
+            )
 
     # -- start-up -----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -428,6 +429,31 @@ async def test_prepare_past_the_kubelets_deadline_records_nothing(
     assert "the kubelet stopped waiting for this prepare" in result.error
     assert node.recorded() == {}
     assert node.files() == ["data/checkpoint.json"]
+
+
+async def test_failed_writes_fail_the_claim_and_keep_what_was_recorded(
+    apiserver: APIServer, node: Node
+) -> None:
+    prepared, fresh = (
+        objects.allocated_claim(name="prepared"),
+        objects.allocated_claim(name="fresh"),
+    )
+    seed(apiserver, prepared, fresh)
+    assert (await node.state.prepare([ref(prepared)]))[prepared["metadata"]["uid"]].error == ""
+    shutil.rmtree(node.cdi)
+    node.cdi.write_text("the CDI directory is gone")
+
+    results = await node.state.prepare([ref(prepared), ref(fresh)])
+
+    for claim in (prepared, fresh):
+        assert "writing its files failed" in results[claim["metadata"]["uid"]].error
+    assert list(node.recorded()) == [prepared["metadata"]["uid"]]
+    assert [p.name for p in node.claims.iterdir()] == [prepared["metadata"]["uid"]]
+    node.cdi.unlink()
+    node.cdi.mkdir()
+    results = await node.state.prepare([ref(prepared), ref(fresh)])
+    assert all(r.error == "" for r in results.values())
+    assert len(list(node.cdi.iterdir())) == 2
 
 
 async def test_concurrent_prepares_all_land_in_one_consistent_checkpoint(
