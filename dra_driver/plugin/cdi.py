@@ -133,8 +133,3 @@ def write_spec(*, cdi_root: pathlib.Path, claim_uid: str, content: bytes) -> pat
     path = spec_path(cdi_root=cdi_root, claim_uid=claim_uid)
     files.atomic_write(path, content)
     return path
-
-
-def remove_spec(*, cdi_root: pathlib.Path, claim_uid: str) -> None:
-    """Delete the spec of ``claim_uid``; a missing file is fine."""
-    spec_path(cdi_root=cdi_root, claim_uid=claim_uid).unlink(missing_ok=True)

@@ -417,21 +417,27 @@ class State:
             OSError: the first removal that failed (unless ``quiet``, which logs it).
         """
         failures: list[OSError] = []
-        for remove in (
-            lambda: cdi.remove_spec(cdi_root=self.cdi_root, claim_uid=claim_uid),
-            lambda: shutil.rmtree(self.claims_dir / claim_uid),
-        ):
+        targets = (
+            cdi.spec_path(cdi_root=self.cdi_root, claim_uid=claim_uid),
+            self.claims_dir / claim_uid,
+        )
+        for target in targets:
             try:
-                remove()
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 failures.append(exc)
         if failures and not quiet:
             raise failures[0]
-        for exc in failures:
+        for failure in failures:
             log.warning(
-                "could not clean up after a failed prepare: %s", exc, extra={"claim_uid": claim_uid}
+                "could not clean up after a failed prepare: %s",
+                failure,
+                extra={"claim_uid": claim_uid},
             )
 
     # -- start-up -----------------------------------------------------------------------

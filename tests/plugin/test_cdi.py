@@ -64,9 +64,7 @@ def test_written_spec_passes_the_runtime_checks(tmp_path: pathlib.Path) -> None:
         f"{uid}-gpu-0-de323fb6-a4ab-45ff-8d3a-39922b4cb784"
     ]
     assert cdi.qualified_name(name) == f"gvirtus.io/gpu={name}"
-    cdi.remove_spec(cdi_root=tmp_path, claim_uid=uid)
-    cdi.remove_spec(cdi_root=tmp_path, claim_uid=uid)  # a missing file is fine
-    assert list(tmp_path.iterdir()) == []
+    assert path == cdi.spec_path(cdi_root=tmp_path, claim_uid=uid)
 
 
 @pytest.mark.parametrize(
