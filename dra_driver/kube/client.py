@@ -17,7 +17,7 @@ import os
 import pathlib
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -100,35 +100,91 @@ class KubeClient:
                 name=name, namespace=namespace, _request_timeout=self.timeout
             )
 
-    async def list_resource_slices(
-        self, *, field_selector: str | None = None, label_selector: str | None = None
-    ) -> Any:
-        """List ResourceSlices; returns a ``V1ResourceSliceList``."""
-        async with translate_errors():
-            return await self.resource.list_resource_slice(
-                field_selector=field_selector,
-                label_selector=label_selector,
-                _request_timeout=self.timeout,
-            )
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | None] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One API call with a JSON answer, as plain dicts (``path`` starts at ``/api``).
 
-    async def get_json(self, path: str) -> dict[str, Any]:
-        """GET ``path`` as plain JSON, for callers that need a field or two of an object.
+        Plain JSON suits objects a component builds itself and compares with what the
+        server stored (ResourceSlices, Leases, Events): what is sent is exactly what
+        was built, and typed models need not be imported for a field or two.
 
-        It skips the typed models, and with them the memory of importing a whole API
-        group's model classes.
+        Raises:
+            KubeError: the matching subclass for the server's answer or the failure.
         """
         async with translate_errors():
-            request = await self.api_client.param_serialize(
-                method="GET", resource_path=path, auth_settings=["BearerToken"]
+            response = await self._send(
+                method, path, query=query, body=body, content_type=content_type, timeout=timeout
             )
-            response = await self.api_client.call_api(*request, _request_timeout=self.timeout)
-            body = (await response.read()).decode()
-            if not 200 <= response.status < 300:
-                k8s.ApiException.from_response(http_resp=response, body=body, data=None)
-            parsed = json.loads(body)
+            text = (await response.read()).decode()
+            _raise_for_status(response, text)
+            parsed = json.loads(text) if text else {}
         if not isinstance(parsed, dict):
-            raise errors.KubeError(f"GET {path}: expected a JSON object", status=response.status)
+            raise errors.KubeError(
+                f"{method} {path}: expected a JSON object", status=response.status
+            )
         return parsed
+
+    async def watch(
+        self, path: str, *, query: Mapping[str, str | int | None], timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch stream (``watch=1`` is added), as plain dicts.
+
+        An ``ERROR`` event is raised as the matching :class:`KubeError` (410 Gone as
+        :class:`GoneError`); the stream ends when the server closes it.
+        """
+        async with translate_errors():
+            response = await self._send(
+                "GET", path, query={**query, "watch": "1"}, timeout=timeout + 30
+            )
+            try:
+                if not 200 <= response.status < 300:
+                    _raise_for_status(response, (await response.read()).decode())
+                while line := await response.response.content.readline():
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise errors.from_status(
+                            status=int(status.get("code") or 500), body=json.dumps(status)
+                        )
+                    yield event
+            finally:
+                # Abandoning a stream mid-way: drop its connection now rather than
+                # leaving a half-read TLS stream for the pool to discover.
+                response.response.close()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | None] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Any:
+        params = [(k, str(v)) for k, v in (query or {}).items() if v is not None]
+        request = await self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=params or None,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        return await self.api_client.call_api(*request, _request_timeout=timeout or self.timeout)
+
+
+def _raise_for_status(response: Any, text: str) -> None:
+    if not 200 <= response.status < 300:
+        k8s.ApiException.from_response(http_resp=response, body=text, data=None)
 
 
 def _settle_proxy(configuration: Any) -> None:

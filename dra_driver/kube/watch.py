@@ -1,8 +1,9 @@
 """List-then-watch that survives 410 Gone, dropped streams and API outages.
 
-The library's ``Watch`` retries a 410 once with the same stale resourceVersion and
-then gives up, and its thread-based informer has no asyncio form; so this loop is
-our own. Its contract:
+The client library's ``Watch`` retries a 410 once with the same stale
+resourceVersion and then gives up, and its informer is thread-based; so this loop
+is our own, over :meth:`KubeClient.request` and :meth:`KubeClient.watch`. Objects
+are plain JSON dicts, as the server sent them. Its contract:
 
 * ``on_relist(items)`` receives the complete current set after every (re-)list;
   a consumer replaces its state with it. ``on_event`` receives each later change.
@@ -10,24 +11,22 @@ our own. Its contract:
   resourceVersion seen, bookmarks included, without a re-list.
 * 410 Gone (the resourceVersion fell out of the server's window) re-lists.
 * Any other failure backs off exponentially with jitter and retries; the loop only
-  ends when cancelled (or after ``iterations`` rounds, for tests).
+  ends when cancelled, when the consumer raises, or after ``iterations`` rounds
+  (for tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes.aio import watch as k8s_watch
 from prometheus_client import Counter
 
 from dra_driver.kube import errors
-from dra_driver.kube.client import translate_errors
+from dra_driver.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +36,21 @@ WATCH_RESTARTS = Counter(
     ["component", "resource", "reason"],
 )
 
+Obj = dict[str, Any]
+
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """One change: ``type`` is ADDED, MODIFIED or DELETED; ``obj`` a typed model."""
+    """One change: ``type`` is ADDED, MODIFIED or DELETED; ``obj`` the object."""
 
     type: str
-    obj: Any
+    obj: Obj
 
 
 class Consumer(Protocol):
     """What a list-watch feeds."""
 
-    async def on_relist(self, items: list[Any]) -> None:
+    async def on_relist(self, items: list[Obj]) -> None:
         """Replace all state with ``items`` (the complete current set)."""
 
     async def on_event(self, event: WatchEvent) -> None:
@@ -70,32 +71,32 @@ class Backoff:
 
 async def list_watch(
     *,
-    list_func: Callable[..., Awaitable[Any]],
+    kube: KubeClient,
+    path: str,
     consumer: Consumer,
     component: str,
     resource: str,
     field_selector: str | None = None,
     label_selector: str | None = None,
     timeout_seconds: int = 240,
-    request_timeout: float = 10.0,
     backoff: Backoff = Backoff(),
     iterations: int | None = None,
 ) -> None:
-    """Keep ``consumer`` in sync with the objects ``list_func`` lists, until cancelled.
+    """Keep ``consumer`` in sync with the collection at ``path``, until cancelled.
 
     Args:
-        list_func: a bound ``list_*`` method of a ``kubernetes.aio`` API class.
+        kube: the API client.
+        path: the collection, e.g. ``/apis/resource.k8s.io/v1/resourceslices``.
         consumer: receives re-lists and events; its exceptions end the loop.
         component: metric label naming the calling component.
         resource: metric and log label naming the resource.
         field_selector: passed to list and watch.
         label_selector: passed to list and watch.
         timeout_seconds: server-side length of one watch stream (randomised by 20%).
-        request_timeout: client timeout of the list call.
         backoff: delays between failed attempts.
         iterations: stop after this many list or watch rounds (tests only).
     """
-    selectors = {"field_selector": field_selector, "label_selector": label_selector}
+    selectors = {"fieldSelector": field_selector, "labelSelector": label_selector}
     resource_version: str | None = None
     failures = 0
     rounds = 0
@@ -103,16 +104,20 @@ async def list_watch(
         rounds += 1
         try:
             if resource_version is None:
-                resource_version = await _relist(
-                    list_func=list_func, consumer=consumer, timeout=request_timeout, **selectors
-                )
+                listed = await kube.request("GET", path, query=selectors)
+                await consumer.on_relist(list(listed.get("items") or []))
+                resource_version = str(listed["metadata"]["resourceVersion"])
             else:
                 resource_version = await _watch_once(
-                    list_func=list_func,
+                    kube=kube,
+                    path=path,
                     consumer=consumer,
-                    resource_version=resource_version,
-                    timeout_seconds=int(timeout_seconds * random.uniform(0.8, 1.0)) or 1,
-                    **selectors,
+                    query={
+                        **selectors,
+                        "resourceVersion": resource_version,
+                        "allowWatchBookmarks": "true",
+                        "timeoutSeconds": int(timeout_seconds * random.uniform(0.8, 1.0)) or 1,
+                    },
                 )
                 WATCH_RESTARTS.labels(component, resource, "resume").inc()
             failures = 0
@@ -134,57 +139,14 @@ async def list_watch(
             await asyncio.sleep(delay)
 
 
-async def _relist(
-    *,
-    list_func: Callable[..., Awaitable[Any]],
-    consumer: Consumer,
-    timeout: float,
-    field_selector: str | None,
-    label_selector: str | None,
-) -> str:
-    async with translate_errors():
-        listed = await list_func(
-            field_selector=field_selector, label_selector=label_selector, _request_timeout=timeout
-        )
-    await consumer.on_relist(list(listed.items or []))
-    return str(listed.metadata.resource_version)
-
-
 async def _watch_once(
-    *,
-    list_func: Callable[..., Awaitable[Any]],
-    consumer: Consumer,
-    resource_version: str,
-    timeout_seconds: int,
-    field_selector: str | None,
-    label_selector: str | None,
+    *, kube: KubeClient, path: str, consumer: Consumer, query: dict[str, Any]
 ) -> str:
     """Consume one watch stream; return the resourceVersion to resume from."""
-    watcher = k8s_watch.Watch()
-    stream = watcher.stream(
-        list_func,
-        resource_version=resource_version,
-        allow_watch_bookmarks=True,
-        timeout_seconds=timeout_seconds,
-        field_selector=field_selector,
-        label_selector=label_selector,
-        # The client's own timeout must outlast the server's stream.
-        _request_timeout=float(timeout_seconds + 30),
-    )
-    try:
-        async with translate_errors():
-            async for raw in stream:
-                kind = raw["type"]
-                if kind == "BOOKMARK":
-                    resource_version = str(raw["raw_object"]["metadata"]["resourceVersion"])
-                    continue
-                resource_version = str(raw["raw_object"]["metadata"]["resourceVersion"])
-                await consumer.on_event(WatchEvent(type=kind, obj=raw["object"]))
-    finally:
-        if watcher.resp is not None:
-            # Abandoning a stream mid-way: drop its connection now rather than
-            # leaving a half-read TLS stream for the pool to discover.
-            watcher.resp.close()
-        with contextlib.suppress(Exception):
-            await watcher.close()
+    resource_version = str(query["resourceVersion"])
+    async for event in kube.watch(path, query=query, timeout=float(query["timeoutSeconds"])):
+        obj = event.get("object") or {}
+        resource_version = str((obj.get("metadata") or {}).get("resourceVersion", resource_version))
+        if event.get("type") != "BOOKMARK":
+            await consumer.on_event(WatchEvent(type=str(event.get("type")), obj=obj))
     return resource_version

@@ -27,7 +27,7 @@ from dra_driver.plugin.probes import SocketProbe
 from dra_driver.plugin.registration import RegistrationService
 from dra_driver.plugin.server import PluginServer
 from dra_driver.plugin.settings import PluginSettings
-from dra_driver.plugin.slice_cache import SliceCache
+from dra_driver.plugin.slice_cache import SLICES_PATH, SliceCache
 from dra_driver.plugin.state import State
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ async def run(settings: PluginSettings, *, stop: asyncio.Event | None = None) ->
         await state.recover()
         watch = asyncio.create_task(
             list_watch(
-                list_func=kube.resource.list_resource_slice,
+                kube=kube,
+                path=SLICES_PATH,
                 consumer=slices,
                 component=COMPONENT,
                 resource="resourceslices",
@@ -163,7 +164,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 async def _check_node(*, kube: KubeClient, node: str) -> None:
     """Warn early about a node no allocation can reach; never fatal."""
     try:
-        found = await kube.get_json(f"/api/v1/nodes/{node}")
+        found = await kube.request("GET", f"/api/v1/nodes/{node}")
     except kube_errors.NotFoundError:
         log.warning("node %s does not exist; check --node-name", node)
         return

@@ -36,6 +36,9 @@ READ_THROUGH_TTL = 1.0
 """Seconds a direct read of the slices answers further cache misses."""
 
 AttributeValue = str | int | bool | list[Any]
+Obj = dict[str, Any]
+
+SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,9 @@ class SliceCache:
 
     # -- list-watch consumer --------------------------------------------------------
 
-    async def on_relist(self, items: list[Any]) -> None:
+    async def on_relist(self, items: list[Obj]) -> None:
         """Replace the cache with a fresh list."""
-        self._slices = {s.metadata.name: self._parse(s) for s in items if self._ours(s)}
+        self._slices = {s["metadata"]["name"]: self._parse(s) for s in items if self._ours(s)}
         self._pools = _index(self._slices.values())
         self._changed()
         self.synced.set()
@@ -113,7 +116,7 @@ class SliceCache:
     async def on_event(self, event: WatchEvent) -> None:
         """Apply one watched change and re-index the pools it touches."""
         item = event.obj
-        name = item.metadata.name
+        name = item["metadata"]["name"]
         before = self._slices.get(name)
         if event.type == "DELETED" or not self._ours(item):
             self._slices.pop(name, None)
@@ -127,26 +130,29 @@ class SliceCache:
                 self._pools.pop(pool, None)
         self._changed()
 
-    def _ours(self, item: Any) -> bool:
-        return bool(item.spec is not None and item.spec.driver == self.driver)
+    def _ours(self, item: Obj) -> bool:
+        return bool((item.get("spec") or {}).get("driver") == self.driver)
 
     def _changed(self) -> None:
         DEVICES.set(sum(len(d) for d in self._pools.values()))
         self.changes.notify()
 
-    def _parse(self, item: Any) -> _Slice:
-        spec = item.spec
-        entry = _Slice(pool=spec.pool.name, generation=spec.pool.generation)
+    def _parse(self, item: Obj) -> _Slice:
+        spec = item["spec"]
+        entry = _Slice(pool=spec["pool"]["name"], generation=int(spec["pool"].get("generation", 0)))
         prefix = self.driver + "/"
-        for device in spec.devices or []:
+        for device in spec.get("devices") or []:
             attributes = {
                 name.removeprefix(prefix): _value(attribute)
-                for name, attribute in (device.attributes or {}).items()
+                for name, attribute in (device.get("attributes") or {}).items()
             }
             taints = tuple(
-                Taint(key=t.key, value=t.value or "", effect=t.effect) for t in device.taints or []
+                Taint(key=t["key"], value=t.get("value", ""), effect=t.get("effect", ""))
+                for t in device.get("taints") or []
             )
-            entry.devices[device.name] = DeviceInfo(entry.pool, device.name, attributes, taints)
+            entry.devices[device["name"]] = DeviceInfo(
+                entry.pool, device["name"], attributes, taints
+            )
         return entry
 
     # -- queries --------------------------------------------------------------------
@@ -202,8 +208,10 @@ class SliceCache:
         return await asyncio.shield(self._direct_read)
 
     async def _list_pools(self) -> dict[str, dict[str, DeviceInfo]]:
-        listed = await self.kube.list_resource_slices(field_selector=self.field_selector)
-        return _index(self._parse(s) for s in listed.items or [] if self._ours(s))
+        listed = await self.kube.request(
+            "GET", SLICES_PATH, query={"fieldSelector": self.field_selector}
+        )
+        return _index(self._parse(s) for s in listed.get("items") or [] if self._ours(s))
 
 
 def _index(slices: Any) -> dict[str, dict[str, DeviceInfo]]:
@@ -219,9 +227,9 @@ def _index(slices: Any) -> dict[str, dict[str, DeviceInfo]]:
     return pools
 
 
-def _value(attribute: Any) -> AttributeValue:
+def _value(attribute: Obj) -> AttributeValue:
     for kind in ("string", "int", "bool", "version", "strings", "ints", "bools", "versions"):
-        value = getattr(attribute, kind, None)
+        value = attribute.get(kind)
         if value is not None:
             return value  # type: ignore[no-any-return]
     return ""

@@ -8,7 +8,7 @@ import pytest
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
-from tests.support.apiserver import APIServer, fixture_object
+from tests.support.apiserver import APIServer, fixture, fixture_object
 
 
 async def test_claims_come_back_as_typed_v1_models(
@@ -80,7 +80,7 @@ async def test_rejected_token_is_unauthorized(
     apiserver.token = "rotated-again"
     try:
         with pytest.raises(errors.UnauthorizedError):
-            await kube.list_resource_slices()
+            await kube.request("GET", "/apis/resource.k8s.io/v1/resourceslices")
     finally:
         await kube.close()
 
@@ -92,7 +92,7 @@ async def test_unreachable_server_is_a_transport_error(
     apiserver.stop()
     try:
         with pytest.raises(errors.TransportError, match="API server unreachable"):
-            await kube.list_resource_slices()
+            await kube.request("GET", "/apis/resource.k8s.io/v1/resourceslices")
     finally:
         await kube.close()
 
@@ -141,15 +141,64 @@ async def test_proxy_from_the_environment_is_decided_once(
         await kube.close()
 
 
-async def test_get_json_reads_plain_objects_and_maps_errors(
+async def test_plain_json_requests_read_objects_and_map_errors(
     apiserver: APIServer, kubeconfig: pathlib.Path
 ) -> None:
     apiserver.put(fixture_object("09-node-get.json"))
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
     try:
-        node = await kube.get_json("/api/v1/nodes/worker-1")
+        node = await kube.request("GET", "/api/v1/nodes/worker-1")
         with pytest.raises(errors.NotFoundError, match='nodes "worker-9" not found'):
-            await kube.get_json("/api/v1/nodes/worker-9")
+            await kube.request("GET", "/api/v1/nodes/worker-9")
     finally:
         await kube.close()
     assert node["metadata"]["labels"]["gvirtus.io/frontend.allowed"] == "true"
+
+
+async def test_plain_json_writes_send_exactly_what_was_built(
+    apiserver: APIServer, kubeconfig: pathlib.Path
+) -> None:
+    path = "/apis/resource.k8s.io/v1/resourceslices"
+    body = fixture("01-resourceslice-create.json")["request"]["body"]
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        created = await kube.request("POST", path, body=body)
+        name = created["metadata"]["name"]
+        patched = await kube.request(
+            "PATCH",
+            f"{path}/{name}",
+            body={"metadata": {"labels": {"a": "b"}}},
+            content_type="application/merge-patch+json",
+        )
+        deleted = await kube.request("DELETE", f"{path}/{name}")
+        await kube.request("POST", path, body=body | {"metadata": {"name": "again"}})
+        with pytest.raises(errors.AlreadyExistsError):
+            await kube.request("POST", path, body=body | {"metadata": {"name": "again"}})
+    finally:
+        await kube.close()
+    assert created["spec"] == fixture("01-resourceslice-create.json")["response"]["body"]["spec"]
+    assert patched["metadata"]["labels"] == {"a": "b"}
+    assert deleted["metadata"]["name"] == name
+    assert [(r.method, r.content_type) for r in apiserver.writes()][:3] == [
+        ("POST", "application/json"),
+        ("PATCH", "application/merge-patch+json"),
+        ("DELETE", "application/json"),
+    ]
+
+
+async def test_watch_of_an_expired_version_raises_gone(
+    apiserver: APIServer, kubeconfig: pathlib.Path
+) -> None:
+    apiserver.put(fixture_object("01-resourceslice-get.json"))
+    apiserver.compact()
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        with pytest.raises(errors.GoneError, match="too old resource version: 1"):
+            async for _ in kube.watch(
+                "/apis/resource.k8s.io/v1/resourceslices",
+                query={"resourceVersion": "1", "timeoutSeconds": 5},
+                timeout=5,
+            ):
+                pass
+    finally:
+        await kube.close()

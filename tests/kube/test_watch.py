@@ -22,11 +22,11 @@ class Recorder:
         self.changed = asyncio.Event()
 
     async def on_relist(self, items: list[Any]) -> None:
-        self.relists.append(sorted(i.metadata.name for i in items))
+        self.relists.append(sorted(i["metadata"]["name"] for i in items))
         self.changed.set()
 
     async def on_event(self, event: WatchEvent) -> None:
-        self.events.append((event.type, event.obj.metadata.name))
+        self.events.append((event.type, event.obj["metadata"]["name"]))
         self.changed.set()
 
     async def until(self, condition: Callable[[], bool], timeout: float = 10) -> None:
@@ -50,7 +50,8 @@ def slice_named(pool: str) -> dict[str, Any]:
 async def run(kube: KubeClient, recorder: Recorder, **kwargs: Any) -> asyncio.Task[None]:
     return asyncio.create_task(
         list_watch(
-            list_func=kube.resource.list_resource_slice,
+            kube=kube,
+            path="/apis/resource.k8s.io/v1/resourceslices",
             consumer=recorder,
             component="test",
             resource="resourceslices",

@@ -23,7 +23,7 @@ from dra_driver.kube.watch import list_watch
 from dra_driver.plugin import slice_cache as slice_cache_module
 from dra_driver.plugin.checkpoint import CheckpointFile
 from dra_driver.plugin.locking import Serializer
-from dra_driver.plugin.slice_cache import SliceCache
+from dra_driver.plugin.slice_cache import SLICES_PATH, SliceCache
 from dra_driver.plugin.state import ClaimRef, State
 from tests.support import cdi_check, gvirtus, objects
 from tests.support.apiserver import APIServer, fixture_object
@@ -90,7 +90,8 @@ async def node(kube: KubeClient, short_tmp: pathlib.Path) -> AsyncIterator[Node]
     state, slices = build_state(kube, short_tmp / "node")
     watch = asyncio.create_task(
         list_watch(
-            list_func=kube.resource.list_resource_slice,
+            kube=kube,
+            path=SLICES_PATH,
             consumer=slices,
             component="test",
             resource="resourceslices",
