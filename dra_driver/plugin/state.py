@@ -32,11 +32,11 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from dra_driver import files
+from dra_driver import files, gvirtus
 from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.models import ConfigValidationError, GVirtuSConfig, merge_configs, parse_config
-from dra_driver.plugin import cdi, gvirtus_config
+from dra_driver.plugin import cdi
 from dra_driver.plugin.checkpoint import (
     CheckpointData,
     CheckpointError,
@@ -320,11 +320,11 @@ class State:
                 "(its backend may have been removed)"
             )
         try:
-            endpoint = gvirtus_config.parse_endpoint(
+            endpoint = gvirtus.parse_endpoint(
                 address=info.attributes.get("backendAddress"),
                 port=info.attributes.get("backendPort"),
             )
-        except gvirtus_config.EndpointError as exc:
+        except gvirtus.EndpointError as exc:
             raise ClaimError(f"{ref}: device {where}: {exc}") from exc
         base_request = result.request.split("/")[0]
         applicable = [
@@ -397,8 +397,8 @@ class State:
         devices = []
         for index, device in enumerate(entry.devices):
             path = self._properties_path(claim_uid, index, device)
-            endpoint = gvirtus_config.parse_endpoint(address=device.address, port=device.port)
-            properties[path] = gvirtus_config.render_properties(endpoint)
+            endpoint = gvirtus.parse_endpoint(address=device.address, port=device.port)
+            properties[path] = gvirtus.render_properties(endpoint)
             devices.append(_cdi_device(device, path))
         return properties, cdi.render(devices) if devices else b""
 
@@ -513,7 +513,7 @@ def _read(path: pathlib.Path) -> bytes | None:
 
 def _cdi_device(device: PreparedDevice, properties: pathlib.Path) -> cdi.Device:
     env = {
-        "GVIRTUS_CONFIG": gvirtus_config.CONTAINER_PATH,
+        "GVIRTUS_CONFIG": gvirtus.CONTAINER_PATH,
         "GVIRTUS_BACKEND": f"{device.address}:{device.port}",
         "GVIRTUS_GPU_UUID": device.uuid,
         "GVIRTUS_GPU_MODEL": device.model,
@@ -526,7 +526,7 @@ def _cdi_device(device: PreparedDevice, properties: pathlib.Path) -> cdi.Device:
             mounts=(
                 cdi.Mount(
                     host_path=str(properties),
-                    container_path=gvirtus_config.CONTAINER_PATH,
+                    container_path=gvirtus.CONTAINER_PATH,
                     options=MOUNT_OPTIONS,
                 ),
             ),

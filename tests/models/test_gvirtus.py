@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dra_driver.plugin.gvirtus_config import (
+from dra_driver.gvirtus import (
+    BACKEND_PLUGINS,
     Endpoint,
     EndpointError,
     parse_endpoint,
+    render_backend_properties,
     render_properties,
 )
 from tests.support import gvirtus
@@ -99,3 +102,27 @@ def test_every_accepted_endpoint_parses_in_the_frontend(
 
 def test_endpoint_prints_as_host_and_port() -> None:
     assert str(Endpoint(ipaddress.IPv4Address("10.1.2.3"), 10001)) == "10.1.2.3:10001"
+
+
+def test_backend_file_binds_everywhere_and_names_the_plugins() -> None:
+    raw = render_backend_properties(port=10001, plugins=("cudart", "cublas"))
+    document = json.loads(raw)
+    assert document == {
+        "communicator": [
+            {
+                "endpoint": {
+                    "suite": "tcp/ip",
+                    "protocol": "tcp",
+                    "server_address": "0.0.0.0",
+                    "port": "10001",
+                },
+                "plugins": ["cudart", "cublas"],
+            }
+        ],
+        "secure_application": False,
+    }
+
+
+def test_backend_ports_follow_the_frontends_rules() -> None:
+    with pytest.raises(EndpointError, match="65500-65529"):
+        render_backend_properties(port=65500, plugins=BACKEND_PLUGINS)

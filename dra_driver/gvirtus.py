@@ -1,10 +1,12 @@
-"""The GVirtuS frontend's ``properties.json``, exactly as the frontend parses it.
+"""GVirtuS ``properties.json`` files, exactly as GVirtuS parses them.
 
-The frontend reads only ``communicator[0]``; its ``server_address`` must be a literal
-dotted IPv4 address (anything else silently becomes an empty host) and ``port`` must
-be a JSON *string* (a number is a type error). So a file holds exactly one
-communicator, and an endpoint is checked here before it is written: a wrong file
-would only show up as a crash inside the user's application.
+Frontend and backend read the same format. Only ``communicator[0]`` is used; its
+``server_address`` must be a literal dotted IPv4 address (anything else silently
+becomes an empty host) and ``port`` must be a JSON *string* (a number is a type
+error). So a file holds exactly one communicator, and an endpoint is checked here
+before it is written: a wrong file would only show up as a crash inside the user's
+application. The backend also reads ``plugins`` (which CUDA libraries it serves) and
+binds every address whatever ``server_address`` says.
 """
 
 from __future__ import annotations
@@ -72,17 +74,44 @@ def parse_endpoint(*, address: object, port: object) -> Endpoint:
 
 def render_properties(endpoint: Endpoint) -> bytes:
     """The ``properties.json`` that points a frontend at ``endpoint``."""
-    document = {
-        "communicator": [
-            {
-                "endpoint": {
-                    "suite": "tcp/ip",
-                    "protocol": "tcp",
-                    "server_address": str(endpoint.address),
-                    "port": str(endpoint.port),
-                }
-            }
-        ],
-        "secure_application": False,
+    return _render(address=str(endpoint.address), port=endpoint.port, plugins=None)
+
+
+BACKEND_PLUGINS = (
+    "cuda",
+    "cudart",
+    "cublas",
+    "curand",
+    "cudnn",
+    "cufft",
+    "cusolver",
+    "cusparse",
+    "nvrtc",
+    "nvml",
+)
+"""The CUDA libraries a GVirtuS build serves (``libgvirtus-plugin-<name>.so``)."""
+
+
+def render_backend_properties(*, port: int, plugins: tuple[str, ...]) -> bytes:
+    """The ``properties.json`` a ``gvirtus-backend`` process is started with.
+
+    Raises:
+        EndpointError: a port the GVirtuS parser refuses.
+    """
+    parse_endpoint(address="192.0.2.1", port=port)  # the same port rules as frontends
+    return _render(address="0.0.0.0", port=port, plugins=plugins)
+
+
+def _render(*, address: str, port: int, plugins: tuple[str, ...] | None) -> bytes:
+    communicator: dict[str, object] = {
+        "endpoint": {
+            "suite": "tcp/ip",
+            "protocol": "tcp",
+            "server_address": address,
+            "port": str(port),
+        }
     }
+    if plugins is not None:
+        communicator["plugins"] = list(plugins)
+    document = {"communicator": [communicator], "secure_application": False}
     return (json.dumps(document, indent=4) + "\n").encode()
