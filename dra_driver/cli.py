@@ -16,6 +16,8 @@ from typing import Any
 
 from dra_driver import __version__, logs
 from dra_driver.config import ConfigError, Settings, add_flags, load
+from dra_driver.errors import StartupError
+from dra_driver.kube.errors import KubeError
 
 log = logging.getLogger("gvirtus_dra")
 
@@ -27,10 +29,18 @@ def _kubelet_plugin() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, An
     return PluginSettings, run
 
 
+def _backend_agent() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]:
+    from backend.app import run
+    from backend.settings import AgentSettings
+
+    return AgentSettings, run
+
+
 COMMANDS: dict[
     str, tuple[str, Callable[[], tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]]]
 ] = {
     "kubelet-plugin": ("serve DRA claims to the kubelet on this node", _kubelet_plugin),
+    "backend-agent": ("run and report GVirtuS backends on this GPU node", _backend_agent),
 }
 
 
@@ -61,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+    except (StartupError, KubeError) as exc:
+        log.error("%s cannot run: %s", args.command, exc)
+        return 1
     except Exception:
         log.exception("%s failed", args.command)
         return 1

@@ -2,10 +2,12 @@
 
 Each component declares one pydantic model. Every field becomes a flag
 (``node_name`` → ``--node-name``) with an environment twin
-(``GVIRTUS_DRA_NODE_NAME``); a flag beats its environment variable, which beats the
-default. Values reach pydantic as strings, so one validator reports every bad input
-the same way, naming both spellings and the fix. Invalid settings stop the process
-before it touches anything.
+(``GVIRTUS_DRA_NODE_NAME``). Components whose model has a ``config`` field also
+read a YAML file of the same settings (keys in camelCase, ``nodeName``), for policy
+an admin keeps in a ConfigMap. A flag beats its environment variable, which beats
+the file, which beats the default. One validator reports every bad input the same
+way, naming the flag, the variable and the fix; unknown keys in the file are errors.
+Invalid settings stop the process before it touches anything.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import pydantic
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 ENV_PREFIX = "GVIRTUS_DRA_"
 
@@ -94,7 +98,7 @@ def add_flags(parser: argparse.ArgumentParser, model: type[Settings]) -> None:
 def load(
     model: type[S], *, args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> S:
-    """Build ``model`` from flags, then environment, then defaults.
+    """Build ``model`` from flags, then environment, then the config file, then defaults.
 
     Raises:
         ConfigError: listing every invalid or missing setting with its flag and env.
@@ -107,10 +111,30 @@ def load(
             given = next((environ[e] for e in env_names(name, field) if environ.get(e)), None)
         if given is not None:
             values[name] = given
+    if "config" in model.model_fields and values.get("config"):
+        values = {**_read_file(model, pathlib.Path(values["config"])), **values}
     try:
         return model.model_validate(values)
     except pydantic.ValidationError as exc:
         raise ConfigError(describe(model, exc)) from exc
+
+
+def _read_file(model: type[Settings], path: pathlib.Path) -> dict[str, Any]:
+    """Settings from a YAML mapping with camelCase keys."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    by_key = {to_camel(name): name for name in model.model_fields if name != "config"}
+    unknown = sorted(str(k) for k in document if k not in by_key)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown settings {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(by_key))})"
+        )
+    return {by_key[k]: v for k, v in document.items()}
 
 
 def describe(model: type[Settings], exc: pydantic.ValidationError) -> str:

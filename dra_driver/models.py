@@ -1,20 +1,25 @@
-"""Schemas shared between components and users: the opaque claim configuration.
+"""Schemas shared between components and users.
 
-Users put a ``GVirtuSConfig`` into a ResourceClaim or DeviceClass as opaque
-``parameters`` for driver ``gpu.gvirtus.io``; the kubelet plugin validates it here
-and turns it into the environment of the containers that use the device. Unknown
-fields are an error, so a typo fails that claim loudly instead of being ignored.
+* ``GVirtuSConfig``: users put it into a ResourceClaim or DeviceClass as opaque
+  ``parameters`` for driver ``gpu.gvirtus.io``; the kubelet plugin validates it and
+  turns it into the environment of the containers that use the device. Unknown
+  fields are an error, so a typo fails that claim loudly instead of being ignored.
+* ``Inventory``: what a backend agent reports about its node's GPUs and backends,
+  and what the controller publishes from. Types are strict and identities unique;
+  an answer that breaks the schema is rejected whole, never published in part.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import posixpath
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONFIG_API_VERSION = "gpu.gvirtus.io/v1alpha1"
 CONFIG_KIND = "GVirtuSConfig"
@@ -42,6 +47,11 @@ _LOG4CPLUS = {
     GVirtuSLogLevel.FATAL: 50000,
     GVirtuSLogLevel.OFF: 60000,
 }
+
+
+def log4cplus_level(level: GVirtuSLogLevel) -> int:
+    """The numeric level GVirtuS reads from ``GVIRTUS_LOGLEVEL``."""
+    return _LOG4CPLUS[level]
 
 
 class ConfigValidationError(ValueError):
@@ -84,7 +94,7 @@ class GVirtuSConfig(BaseModel):
         """Container environment this configuration asks for."""
         env: dict[str, str] = {}
         if self.log_level is not None:
-            env["GVIRTUS_LOGLEVEL"] = str(_LOG4CPLUS[self.log_level])
+            env["GVIRTUS_LOGLEVEL"] = str(log4cplus_level(self.log_level))
         if self.gvirtus_home is not None:
             env["GVIRTUS_HOME"] = self.gvirtus_home
         if self.library_path is not None:
@@ -137,3 +147,125 @@ def merge_configs(configs: Iterable[GVirtuSConfig]) -> dict[str, str]:
     for config in configs:
         env.update(config.environment())
     return env
+
+
+# -- backend inventory ----------------------------------------------------------------
+
+INVENTORY_API_VERSION: Literal["inventory.gpu.gvirtus.io/v1"] = "inventory.gpu.gvirtus.io/v1"
+INVENTORY_KIND: Literal["BackendInventory"] = "BackendInventory"
+INVENTORY_PATH = "/v1/inventory"
+MAX_INVENTORY_BYTES = 1024 * 1024
+"""Largest inventory the controller reads; a node has at most a few dozen GPUs."""
+
+_PRINTABLE = r"^[\x20-\x7e]+$"
+
+
+class InventoryError(ValueError):
+    """An agent's answer is not a usable inventory; the message says why."""
+
+
+class _Wire(BaseModel):
+    # Strict types, and unknown fields ignored so an agent newer than the controller
+    # can add some.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, populate_by_name=True)
+
+
+class GPUHealth(_Wire):
+    """Whether the GPU's backend can serve frontends, and if not why."""
+
+    healthy: bool
+    reason: Literal["", "starting", "backend-down", "port-closed"] = ""
+    message: str = Field("", max_length=1024)
+
+
+class GPULoad(_Wire):
+    """How busy the GPU is."""
+
+    connections: int = Field(ge=0, le=1_000_000)
+    utilization_percent: float | None = Field(None, alias="utilizationPercent", ge=0, le=100)
+    memory_used_bytes: int | None = Field(None, alias="memoryUsedBytes", ge=0)
+
+
+class GPU(_Wire):
+    """One GPU of a backend node and the ``gvirtus-backend`` serving it."""
+
+    index: int = Field(ge=0, le=1023)
+    uuid: str = Field(min_length=1, max_length=64, pattern=_PRINTABLE)
+    model: str = Field(min_length=1, max_length=64, pattern=_PRINTABLE)
+    memory_bytes: int = Field(alias="memoryBytes", gt=0)
+    driver_version: str = Field(
+        alias="driverVersion", min_length=1, max_length=64, pattern=_PRINTABLE
+    )
+    cuda_version: str = Field(alias="cudaVersion", pattern=r"^\d{1,4}\.\d{1,4}(\.\d{1,4})?$")
+    port: int = Field(ge=1, le=65535)
+    health: GPUHealth
+    load: GPULoad
+    restarts: int = Field(0, ge=0)
+    last_exit: str = Field("", alias="lastExit", max_length=1024)
+
+
+class Inventory(_Wire):
+    """What a backend agent reports: served at ``GET /v1/inventory`` (port 9450)."""
+
+    api_version: Literal["inventory.gpu.gvirtus.io/v1"] = Field(
+        INVENTORY_API_VERSION, alias="apiVersion"
+    )
+    kind: Literal["BackendInventory"] = INVENTORY_KIND
+    node_name: str = Field(alias="nodeName", min_length=1, max_length=253)
+    address: str
+    simulated: bool = False
+    agent_version: str = Field("", alias="agentVersion", max_length=64)
+    gpus: list[GPU] = Field(max_length=256)
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not re.fullmatch(
+            r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", value
+        ):
+            raise ValueError(f"{value!r} is not a valid node name")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _routable_ipv4(cls, value: str) -> str:
+        try:
+            ip = ipaddress.IPv4Address(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not an IPv4 address; GVirtuS frontends need one"
+            ) from exc
+        if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
+            raise ValueError(f"{value} cannot be reached from other nodes")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> Inventory:
+        for field in ("index", "uuid", "port"):
+            values = [getattr(g, field) for g in self.gpus]
+            if len(values) != len(set(values)):
+                raise ValueError(f"two GPUs share the same {field}")
+        return self
+
+    def encode(self) -> bytes:
+        """The JSON an agent serves."""
+        return self.model_dump_json(by_alias=True).encode()
+
+
+def parse_inventory(raw: bytes) -> Inventory:
+    """Validate an agent's answer.
+
+    Raises:
+        InventoryError: too large, not JSON, or not a valid inventory, with the reason.
+    """
+    if len(raw) > MAX_INVENTORY_BYTES:
+        raise InventoryError(
+            f"inventory of {len(raw)} bytes exceeds the limit of {MAX_INVENTORY_BYTES}"
+        )
+    try:
+        return Inventory.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "inventory"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InventoryError(f"{where}: {error['msg']}{more}") from exc

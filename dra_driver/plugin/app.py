@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
 from collections.abc import Callable
 
 from dra_driver import __version__, httpserver
 from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.watch import list_watch
+from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
 from dra_driver.plugin.checkpoint import CheckpointFile
 from dra_driver.plugin.driver import servicers
 from dra_driver.plugin.health import HealthService
@@ -58,7 +57,7 @@ async def run(settings: PluginSettings, *, stop: asyncio.Event | None = None) ->
             "data_dir": str(settings.data_dir),
         },
     )
-    stop = stop or _signal_event()
+    stop = stop or stop_on_signals()
     kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component=COMPONENT)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(kube.close)
@@ -127,7 +126,7 @@ async def run(settings: PluginSettings, *, stop: asyncio.Event | None = None) ->
                 },
             )
             stack.push_async_callback(runner.cleanup)
-        _freeze_startup_objects()
+        freeze_startup_objects()
         await _until_stopped(stop=stop, watch=watch, server=server)
         log.info("stopping: withdrawing registration and removing sockets")
 
@@ -179,22 +178,3 @@ async def _check_node(*, kube: KubeClient, node: str) -> None:
             node,
             FRONTEND_LABEL,
         )
-
-
-def _freeze_startup_objects() -> None:
-    """Exclude everything built at start-up from the cyclic garbage collector.
-
-    The API client's thousands of model classes live as long as the process; left
-    in the collector's oldest generation, every full collection walks them and
-    stalls whichever prepare is running by tens of milliseconds.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def _signal_event() -> asyncio.Event:
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, event.set)
-    return event

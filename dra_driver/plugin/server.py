@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from dra_driver.errors import StartupError
 from dra_driver.kubeletapi.dra.v1 import api_pb2_grpc as v1_grpc
 from dra_driver.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
 from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
@@ -37,7 +38,7 @@ _OPTIONS = [
 ]
 
 
-class SocketError(Exception):
+class SocketError(StartupError):
     """A socket path is unusable (something other than a stale socket is there)."""
 
 

@@ -150,3 +150,111 @@ class PluginProcess:
                 return self.proc.returncode
             await asyncio.sleep(0.02)
         raise TimeoutError("plugin did not exit")
+
+
+class AgentProcess:
+    """``gvirtus-dra backend-agent`` in simulator mode, on a loopback address of its own."""
+
+    def __init__(
+        self,
+        *,
+        root: pathlib.Path,
+        node: str,
+        loopback: str,
+        address: str,
+        gpus: int = 2,
+        port: int | None = None,
+        base_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.node = node
+        self.loopback = loopback
+        self.port = port or free_port()
+        self.base_port = base_port or free_port()
+        self.log_path = root / f"agent-{node}-{id(self)}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "dra_driver",
+            "backend-agent",
+            "--node-name",
+            node,
+            "--address",
+            address,
+            "--bind-address",
+            loopback,
+            "--port",
+            str(self.port),
+            "--backend-base-port",
+            str(self.base_port),
+            "--simulate-gpus",
+            str(gpus),
+            "--probe-interval",
+            "0.2",
+            "--log-format",
+            "json",
+            "--state-dir",
+            str(root / f"agent-state-{node}"),
+            *extra_args,
+        ]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.loopback}:{self.port}"
+
+    async def ready(self, timeout: float = 30) -> AgentProcess:
+        import aiohttp
+
+        async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.logs()}")
+                try:
+                    async with http.get(self.url + "/healthz") as response:
+                        if response.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    async def inventory(self) -> dict[str, object]:
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(self.url + "/v1/inventory") as response,
+        ):
+            return dict(await response.json())
+
+    async def simulate(self, index: int, **change: object) -> int:
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(f"{self.url}/v1/simulator/gpus/{index}", json=change) as response,
+        ):
+            return response.status
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait(10)
+        self._log.close()
+        return code

@@ -1,0 +1,144 @@
+"""Settings of ``gvirtus-dra backend-agent``."""
+
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+
+from pydantic import Field, field_validator, model_validator
+
+from dra_driver import gvirtus
+from dra_driver.config import Settings, absolute_path, dns_subdomain
+from dra_driver.models import GVirtuSLogLevel
+from dra_driver.quantity import parse_bytes
+
+AGENT_PORT = 9450
+BACKEND_BASE_PORT = 9999
+
+
+class AgentSettings(Settings):
+    """Flags (and ``--config`` file keys) of the backend agent."""
+
+    node_name: str = Field(description="name of this node (downward API spec.nodeName)")
+    address: str = Field(
+        description="IPv4 address frontends use to reach this node's backends "
+        "(downward API status.hostIP with hostNetwork)"
+    )
+    bind_address: str = Field(
+        "0.0.0.0", description="address the HTTP API and simulated backends bind"
+    )
+    port: int = Field(AGENT_PORT, ge=1, le=65535, description="port of the HTTP API")
+    backend_base_port: int = Field(
+        BACKEND_BASE_PORT,
+        ge=1,
+        le=65535,
+        description="port of GPU 0's backend; GPU i uses base + i",
+    )
+    gvirtus_home: pathlib.Path = Field(
+        pathlib.Path("/usr/local/gvirtus"), description="GVirtuS installation"
+    )
+    gvirtus_backend: pathlib.Path | None = Field(
+        None, description="backend executable (default: $GVIRTUS_HOME/bin/gvirtus-backend)"
+    )
+    plugins: str = Field(
+        ",".join(gvirtus.BACKEND_PLUGINS),
+        description="comma-separated CUDA plugins the backends load",
+    )
+    gvirtus_log_level: GVirtuSLogLevel = Field(
+        GVirtuSLogLevel.INFO, description="log level of the backends"
+    )
+    state_dir: pathlib.Path = Field(
+        pathlib.Path("/var/run/gvirtus-dra-agent"),
+        description="where generated backend files are kept",
+    )
+    probe_interval: float = Field(
+        2.0, gt=0, le=60, description="seconds between health and load samples"
+    )
+    probe_timeout: float = Field(
+        1.0, gt=0, le=30, description="seconds a backend has to accept a probe"
+    )
+    restart_backoff_max: float = Field(
+        60.0, ge=1, le=3600, description="longest wait before restarting a failed backend"
+    )
+    simulate_gpus: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="simulate N GPUs with TCP listeners instead of NVML and GVirtuS",
+    )
+    simulate_model: str = Field(
+        "NVIDIA H100 80GB HBM3", description="product name of simulated GPUs"
+    )
+    simulate_memory: str = Field("80Gi", description="memory of each simulated GPU")
+    simulate_driver_version: str = Field(
+        "580.65.06", description="driver version of simulated GPUs"
+    )
+    simulate_cuda_version: str = Field("12.6", description="CUDA version of simulated GPUs")
+    config: pathlib.Path | None = Field(
+        None, description="YAML file with any of these settings (camelCase keys)"
+    )
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        return dns_subdomain(value, what="node name")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ip = ipaddress.IPv4Address(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not an IPv4 address; GVirtuS frontends accept nothing else"
+            ) from exc
+        if ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+            raise ValueError(f"{value} cannot be reached from other nodes; use the node's address")
+        return value
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        ipaddress.IPv4Address(value)
+        return value
+
+    @field_validator("gvirtus_home", "state_dir")
+    @classmethod
+    def _absolute(cls, value: pathlib.Path) -> pathlib.Path:
+        return absolute_path(value)
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, value: str) -> str:
+        names = [p.strip() for p in value.split(",") if p.strip()]
+        if not names or any(not n.isalnum() for n in names):
+            raise ValueError("must name one or more plugins, e.g. cudart,cublas")
+        return ",".join(names)
+
+    @field_validator("simulate_memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if parse_bytes(value) <= 0:
+            raise ValueError("must be more than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _ports_fit(self) -> AgentSettings:
+        if self.simulate_gpus and self.backend_base_port + self.simulate_gpus - 1 > 65535:
+            raise ValueError("backend ports would run past 65535; lower --backend-base-port")
+        return self
+
+    @property
+    def plugin_list(self) -> tuple[str, ...]:
+        """The configured CUDA plugins."""
+        return tuple(self.plugins.split(","))
+
+    @property
+    def backend_executable(self) -> pathlib.Path:
+        """The ``gvirtus-backend`` to run."""
+        return self.gvirtus_backend or self.gvirtus_home / "bin" / "gvirtus-backend"
+
+    @property
+    def probe_host(self) -> str:
+        """Where the agent's own probes connect to reach the backends."""
+        return "127.0.0.1" if self.bind_address == "0.0.0.0" else self.bind_address

@@ -1,0 +1,27 @@
+"""Process life cycle shared by the components: stop signals, a lean steady state."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, so a component can shut down in order."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, event.set)
+    return event
+
+
+def freeze_startup_objects() -> None:
+    """Exclude everything built at start-up from the cyclic garbage collector.
+
+    The API client's thousands of model classes live as long as the process; left
+    in the collector's oldest generation, every full collection walks them and
+    stalls whatever request is running by tens of milliseconds.
+    """
+    gc.collect()
+    gc.freeze()
