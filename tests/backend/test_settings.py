@@ -1,0 +1,64 @@
+"""Agent settings: flags beat environment, which beats the YAML file, which beats defaults."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import pytest
+
+from backend.settings import AgentSettings
+from dra_driver.config import ConfigError, add_flags, load
+
+
+def settings(argv: list[str], env: dict[str, str]) -> AgentSettings:
+    parser = argparse.ArgumentParser()
+    add_flags(parser, AgentSettings)
+    return load(
+        AgentSettings,
+        args=parser.parse_args(["--node-name", "n", "--address", "10.0.0.1", *argv]),
+        environ=env,
+    )
+
+
+def test_file_settings_apply_below_flags_and_environment(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("probeInterval: 7\nplugins: cudart,cublas\nbackendBasePort: 20000\n")
+
+    from_file = settings(["--config", str(config)], {})
+    overridden = settings(
+        ["--config", str(config), "--backend-base-port", "30000"],
+        {"GVIRTUS_DRA_PROBE_INTERVAL": "3"},
+    )
+
+    assert (from_file.probe_interval, from_file.plugin_list, from_file.backend_base_port) == (
+        7,
+        ("cudart", "cublas"),
+        20000,
+    )
+    assert (overridden.probe_interval, overridden.backend_base_port) == (3, 30000)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("probeIntervall: 3\n", "unknown settings probeIntervall"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("probeInterval: [1\n", "cannot read config file"),
+        ("probeInterval: -1\n", "--probe-interval (env GVIRTUS_DRA_PROBE_INTERVAL)"),
+    ],
+    ids=["unknown-key", "not-a-mapping", "broken-yaml", "invalid-value"],
+)
+def test_bad_files_are_reported_with_the_key(
+    tmp_path: pathlib.Path, content: str, message: str
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        settings(["--config", str(config)], {})
+    assert message in str(caught.value)
+
+
+def test_missing_file_is_reported(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        settings(["--config", str(tmp_path / "nope.yaml")], {})
