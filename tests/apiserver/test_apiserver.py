@@ -362,3 +362,87 @@ async def test_injected_faults_answer_then_clear(
     apiserver.fail_next("GET", "/resourceclaims/", code=503, times=1)
     assert (await call(http, "GET", f"{CLAIMS}/x"))[0] == 503
     assert (await call(http, "GET", f"{CLAIMS}/x"))[0] == 404
+
+
+@pytest.fixture
+def gates_off(short_tmp: Any) -> Any:
+    def start(*gates: str) -> APIServer:
+        return APIServer(
+            tls_dir=short_tmp / "gated-tls", disabled_features=frozenset(gates)
+        ).start()
+
+    return start
+
+
+async def gated_session(server: APIServer) -> aiohttp.ClientSession:
+    context = ssl.create_default_context(cadata=server.ca_pem.decode())
+    return aiohttp.ClientSession(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {server.token}"},
+        connector=aiohttp.TCPConnector(ssl=context),
+    )
+
+
+@pytest.mark.parametrize(
+    ("gate", "create", "existing"),
+    [
+        (
+            "DRAConsumableCapacity",
+            "06-consumablecapacity-off-create-slice.json",
+            "06-consumablecapacity-off-update-existing-slice.json",
+        ),
+        (
+            "DRADeviceTaints",
+            "06-devicetaints-off-create-slice-with-taint.json",
+            "06-devicetaints-off-get-existing-tainted-slice.json",
+        ),
+    ],
+    ids=["consumable-capacity", "device-taints"],
+)
+async def test_gate_off_drops_fields_on_create_and_keeps_them_where_in_use(
+    gates_off: Any, gate: str, create: str, existing: str
+) -> None:
+    server = gates_off(gate)
+    try:
+        stored = fixture_object(existing)
+        stored["metadata"] = {"name": stored["metadata"]["name"]}
+        server.put(stored)
+        async with await gated_session(server) as http:
+            code, created = await call(
+                http, "POST", SLICES, json=fixture(create)["request"]["body"]
+            )
+            assert (code, created["spec"]) == (201, fixture(create)["response"]["body"]["spec"])
+            _, current = await call(http, "GET", f"{SLICES}/{stored['metadata']['name']}")
+            current["spec"]["pool"]["generation"] += 1
+            code, updated = await call(
+                http, "PUT", f"{SLICES}/{stored['metadata']['name']}", json=current
+            )
+        assert code == 200
+        assert updated["spec"]["devices"] == stored["spec"]["devices"], (
+            "fields in use survive updates"
+        )
+    finally:
+        server.stop()
+
+
+async def test_dry_run_answers_what_would_be_stored_and_stores_nothing(
+    apiserver: APIServer, http: aiohttp.ClientSession
+) -> None:
+    body = fixture("03-taint-resourceslice-create.json")["request"]["body"]
+    code, would = await call(http, "POST", SLICES, params={"dryRun": "All"}, json=body)
+    assert code == 201
+    assert would["spec"]["devices"][0]["taints"][0]["timeAdded"], "the server fills timeAdded"
+    assert apiserver.list("resourceslices") == []
+    assert apiserver.writes() == []
+    assert (await call(http, "POST", SLICES, params={"dryRun": "Some"}, json=body))[0] == 400
+
+
+async def test_invalid_request_policy_is_the_real_422(http: aiohttp.ClientSession) -> None:
+    capture = "05-error-422-create-slice-requestpolicy-invalid-range.json"
+    assert await call(http, "POST", SLICES, json=fixture(capture)["request"]["body"]) == captured(
+        capture
+    )
+    capture = "05-error-422-create-slice-requestpolicy-without-allowmultiple.json"
+    assert await call(http, "POST", SLICES, json=fixture(capture)["request"]["body"]) == captured(
+        capture
+    )

@@ -61,6 +61,7 @@ from typing import Any
 import jsonpatch
 from aiohttp import web
 
+from dra_driver.quantity import parse_bytes
 from tests.support import selectors, tls
 
 Obj = dict[str, Any]
@@ -89,6 +90,54 @@ def _dig(obj: Mapping[str, Any], *path: str) -> Any:
 
 Cause = tuple[str, str, str]  # (reason, field, message)
 Validator = Callable[[Obj, Obj | None], list[Cause]]
+Strategy = Callable[[Obj, Obj | None, frozenset[str]], None]
+"""Adjusts an object before it is stored: drops fields of disabled gates, fills defaults."""
+
+# Device fields each feature gate guards; with the gate off the API server drops them
+# on create, and on update keeps them only if the stored object already used them.
+GATED_DEVICE_FIELDS = {
+    "DRADeviceTaints": ("taints",),
+    "DRAConsumableCapacity": ("allowMultipleAllocations",),
+    "DRADeviceBindingConditions": ("bindsToNode", "bindingConditions", "bindingFailureConditions"),
+}
+
+
+def _uses(obj: Obj | None, gate: str) -> bool:
+    if obj is None:
+        return False
+    for device in _dig(obj, "spec", "devices") or []:
+        if any(field in device for field in GATED_DEVICE_FIELDS[gate]):
+            return True
+        if gate == "DRAConsumableCapacity" and any(
+            "requestPolicy" in c for c in (device.get("capacity") or {}).values()
+        ):
+            return True
+    return False
+
+
+def _slice_strategy(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None:
+    for gate in GATED_DEVICE_FIELDS:
+        if gate in disabled and not _uses(old, gate):
+            for device in _dig(new, "spec", "devices") or []:
+                for field in GATED_DEVICE_FIELDS[gate]:
+                    device.pop(field, None)
+                if gate == "DRAConsumableCapacity":
+                    for capacity in (device.get("capacity") or {}).values():
+                        capacity.pop("requestPolicy", None)
+    for device in _dig(new, "spec", "devices") or []:
+        for taint in device.get("taints") or []:
+            taint.setdefault("timeAdded", _now())
+
+
+def _claim_strategy(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None:
+    if old is not None:
+        return  # the spec is immutable
+    for request in _dig(new, "spec", "devices", "requests") or []:
+        for exactly in [request.get("exactly") or {}, *(request.get("firstAvailable") or [])]:
+            if "DRADeviceTaints" in disabled:
+                exactly.pop("tolerations", None)
+            if "DRAConsumableCapacity" in disabled:
+                exactly.pop("capacity", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +155,7 @@ class Kind:
     tracks_generation: bool = True
     bookmark_spec: Mapping[str, Any] | None = None
     validate: Validator | None = None
+    strategy: Strategy | None = None
 
     @property
     def api_version(self) -> str:
@@ -178,6 +228,7 @@ def _validate_slice(new: Obj, old: Obj | None) -> list[Cause]:
                     f"Invalid value: {name!r}: must be a DNS label",
                 )
             )
+        causes += _request_policy_causes(i, device)
         if len(device.get("attributes") or {}) + len(device.get("capacity") or {}) > 32:
             causes.append(
                 (
@@ -186,6 +237,42 @@ def _validate_slice(new: Obj, old: Obj | None) -> list[Cause]:
                     "the total number of attributes and capacities must not exceed 32",
                 )
             )
+    return causes
+
+
+def _request_policy_causes(index: int, device: Obj) -> list[Cause]:
+    causes: list[Cause] = []
+    for name, capacity in (device.get("capacity") or {}).items():
+        policy = capacity.get("requestPolicy")
+        if policy is None:
+            continue
+        where = f"spec.devices[{index}].capacity[{name}].requestPolicy"
+        if not device.get("allowMultipleAllocations"):
+            causes.append(
+                ("FieldValueForbidden", where, "Forbidden: allowMultipleAllocations must be true")
+            )
+        valid = policy.get("validRange")
+        if valid is None:
+            continue
+        value = parse_bytes(capacity["value"])
+        low, step = parse_bytes(valid["min"]), parse_bytes(valid.get("step", "1"))
+        high = parse_bytes(valid.get("max", capacity["value"]))
+        shown_max = valid.get("max")
+        if high > value:
+            message = (
+                f'Invalid value: "{shown_max}": max is larger than capacity value: '
+                f"{capacity['value']}"
+            )
+            causes.append(("FieldValueInvalid", f"{where}.validRange.max", message))
+        if "default" in policy and parse_bytes(policy["default"]) > high:
+            message = f'Invalid value: "{policy["default"]}": default is more than max: {shown_max}'
+            causes.append(("FieldValueInvalid", f"{where}.validRange.max", message))
+        if (high - low) % step:
+            message = (
+                f'Invalid value: "{shown_max}": value is not a multiple of a given step '
+                f"({valid.get('step')}) from ({valid['min']})"
+            )
+            causes.append(("FieldValueInvalid", f"{where}.validRange.step", message))
     return causes
 
 
@@ -205,6 +292,7 @@ KINDS: tuple[Kind, ...] = (
             "pool": {"name": "", "generation": 0, "resourceSliceCount": 0},
         },
         validate=_validate_slice,
+        strategy=_slice_strategy,
     ),
     Kind(
         "resource.k8s.io",
@@ -216,6 +304,7 @@ KINDS: tuple[Kind, ...] = (
         reset_status_on_create=True,
         bookmark_spec={"devices": {}},
         validate=_immutable([("spec",)]),
+        strategy=_claim_strategy,
     ),
     Kind(
         "resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate", namespaced=True
@@ -412,6 +501,11 @@ class Request:
     path: str
     query: dict[str, str]
     content_type: str
+    user_agent: str = ""
+
+    @property
+    def dry_run(self) -> bool:
+        return self.query.get("dryRun") == "All"
 
 
 class APIServer:
@@ -425,8 +519,10 @@ class APIServer:
         default_watch_timeout: float = 1800.0,
         history: int = 10_000,
         tls_dir: pathlib.Path | None = None,
+        disabled_features: frozenset[str] = frozenset(),
     ) -> None:
         self.token = token or secrets.token_urlsafe(16)
+        self.disabled_features = disabled_features
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.store = Store(history=history)
@@ -570,8 +666,8 @@ class APIServer:
         self.store.compact()
 
     def writes(self) -> list[Request]:
-        """Requests that could change state (everything but GET)."""
-        return [r for r in self.requests if r.method != "GET"]
+        """Requests that could change state (everything but GET and dry runs)."""
+        return [r for r in self.requests if r.method != "GET" and not r.dry_run]
 
     # -- direct object access (tests seed and inspect state with these) -------------
 
@@ -640,7 +736,10 @@ class APIServer:
 
     async def _handle(self, request: web.Request, group: str, version: str) -> web.StreamResponse:
         query = dict(request.query)
-        self.requests.append(Request(request.method, request.path, query, request.content_type))
+        agent = request.headers.get("User-Agent", "")
+        self.requests.append(
+            Request(request.method, request.path, query, request.content_type, agent)
+        )
         try:
             self._authenticate(request)
             await self._apply_faults(request)
@@ -716,18 +815,21 @@ class APIServer:
                         404, "NotFound", "the server could not find the requested resource"
                     )
                 body = await self._body(request, kind)
-                return web.json_response(self._create(kind, namespace, body), status=201)
+                created = self._create(kind, namespace, body, dry_run=_dry_run(query))
+                return web.json_response(created, status=201)
         else:
             if method == "GET":
                 return web.json_response(self._get(kind, namespace, name))
             if method == "PUT":
                 body = await self._body(request, kind)
-                return web.json_response(self._update(kind, namespace, name, body, sub))
+                updated = self._update(kind, namespace, name, body, sub, dry_run=_dry_run(query))
+                return web.json_response(updated)
             if method == "PATCH":
                 raw = await request.read()
-                return web.json_response(
-                    self._patch(kind, namespace, name, raw, request.content_type, sub)
+                patched = self._patch(
+                    kind, namespace, name, raw, request.content_type, sub, dry_run=_dry_run(query)
                 )
+                return web.json_response(patched)
             if method == "DELETE" and sub is None:
                 raw = await request.read()
                 return web.json_response(self._delete(kind, namespace, name, raw))
@@ -832,7 +934,9 @@ class APIServer:
             "items": items,
         }
 
-    def _create(self, kind: Kind, namespace: str | None, body: Obj) -> Obj:
+    def _create(
+        self, kind: Kind, namespace: str | None, body: Obj, *, dry_run: bool = False
+    ) -> Obj:
         meta = body["metadata"]
         if kind.namespaced:
             if meta.get("namespace") not in (None, "", namespace):
@@ -866,6 +970,8 @@ class APIServer:
             alphabet = "bcdfghjklmnpqrstvwxz2456789"
             meta["name"] = meta["generateName"] + "".join(random.choice(alphabet) for _ in range(5))
         key = self._key(kind, namespace, meta["name"])
+        if kind.strategy is not None:
+            kind.strategy(body, None, self.disabled_features)
         if kind.validate is not None and (causes := kind.validate(body, None)):
             raise _invalid(kind, meta["name"], causes)
         if kind.reset_status_on_create:
@@ -883,10 +989,19 @@ class APIServer:
             meta.pop("deletionTimestamp", None)
             if kind.tracks_generation:
                 meta["generation"] = 1
+            if dry_run:
+                return copy.deepcopy(body)
             return self.store.commit(kind, key, None, body)
 
     def _update(
-        self, kind: Kind, namespace: str | None, name: str, body: Obj, sub: str | None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        body: Obj,
+        sub: str | None,
+        *,
+        dry_run: bool = False,
     ) -> Obj:
         meta = body["metadata"]
         if meta.get("name") not in (None, name):
@@ -906,10 +1021,17 @@ class APIServer:
                 and meta["resourceVersion"] != old["metadata"]["resourceVersion"]
             ):
                 raise _conflict(kind, name, _STALE)
-            return self._write(kind, key, old, body, sub)
+            return self._write(kind, key, old, body, sub, dry_run=dry_run)
 
     def _write(
-        self, kind: Kind, key: tuple[str, str, str], old: Obj, body: Obj, sub: str | None
+        self,
+        kind: Kind,
+        key: tuple[str, str, str],
+        old: Obj,
+        body: Obj,
+        sub: str | None,
+        *,
+        dry_run: bool = False,
     ) -> Obj:
         """Merge ``body`` over ``old`` the way the subresource allows, validate, commit."""
         if sub == "status":
@@ -939,12 +1061,16 @@ class APIServer:
                 else:
                     new.pop("status", None)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if kind.strategy is not None and sub is None:
+            kind.strategy(new, old, self.disabled_features)
         if new == old:
             return copy.deepcopy(old)
         if kind.validate is not None and (causes := kind.validate(new, old)):
             raise _invalid(kind, key[2], causes)
         if kind.tracks_generation and new.get("spec") != old.get("spec"):
             new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        if dry_run:
+            return new
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             return self.store.commit(kind, key, old, None)
         return self.store.commit(kind, key, old, new)
@@ -957,6 +1083,8 @@ class APIServer:
         raw: bytes,
         content_type: str,
         sub: str | None,
+        *,
+        dry_run: bool = False,
     ) -> Obj:
         if content_type == "application/apply-patch+yaml":
             raise APIError(
@@ -1000,7 +1128,7 @@ class APIServer:
             if not isinstance(patched, dict):
                 raise APIError(422, "Invalid", "patch did not produce an object")
             patched.setdefault("metadata", {})
-            return self._write(kind, key, old, patched, sub)
+            return self._write(kind, key, old, patched, sub, dry_run=dry_run)
 
     def _delete(self, kind: Kind, namespace: str | None, name: str, raw: bytes) -> Obj:
         options = json.loads(raw) if raw.strip() else {}
@@ -1133,6 +1261,14 @@ class APIServer:
         if kind.bookmark_spec is not None:
             obj["spec"] = copy.deepcopy(dict(kind.bookmark_spec))
         return {"type": "BOOKMARK", "object": obj}
+
+
+def _dry_run(query: Mapping[str, str]) -> bool:
+    if query.get("dryRun") not in (None, "All"):
+        raise APIError(
+            400, "BadRequest", f"Invalid dry run value: {query['dryRun']!r}; must be All"
+        )
+    return query.get("dryRun") == "All"
 
 
 def _line(event: Obj) -> bytes:
