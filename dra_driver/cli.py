@@ -36,11 +36,19 @@ def _backend_agent() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, Any
     return AgentSettings, run
 
 
+def _controller() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]:
+    from dra_driver.controller.app import run
+    from dra_driver.controller.settings import ControllerSettings
+
+    return ControllerSettings, run
+
+
 COMMANDS: dict[
     str, tuple[str, Callable[[], tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]]]
 ] = {
     "kubelet-plugin": ("serve DRA claims to the kubelet on this node", _kubelet_plugin),
     "backend-agent": ("run and report GVirtuS backends on this GPU node", _backend_agent),
+    "controller": ("publish GVirtuS backends as ResourceSlices (one active replica)", _controller),
 }
 
 

@@ -156,15 +156,46 @@ def backend_slice(
     }
 
 
-def node(*, name: str, frontend: bool = True) -> dict[str, Any]:
+def node(
+    *, name: str, frontend: bool = True, labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """A Node shaped like ``09-node-get.json``."""
     obj = copy.deepcopy(fixture_object("09-node-get.json"))
     obj["metadata"]["name"] = name
-    obj["metadata"].pop("resourceVersion", None)
-    labels = obj["metadata"].setdefault("labels", {})
-    labels["kubernetes.io/hostname"] = name
+    for server_owned in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        obj["metadata"].pop(server_owned, None)
+    node_labels = obj["metadata"].setdefault("labels", {})
+    node_labels["kubernetes.io/hostname"] = name
     if frontend:
-        labels["gvirtus.io/frontend.allowed"] = "true"
+        node_labels["gvirtus.io/frontend.allowed"] = "true"
     else:
-        labels.pop("gvirtus.io/frontend.allowed", None)
+        node_labels.pop("gvirtus.io/frontend.allowed", None)
+    node_labels.update(labels or {})
     return obj
+
+
+AGENT_LABELS = {
+    "app.kubernetes.io/component": "backend-agent",
+    "app.kubernetes.io/part-of": "gvirtus-dra",
+}
+
+
+def agent_pod(
+    *, node: str, ip: str, namespace: str = "gvirtus-system", name: str | None = None
+) -> dict[str, Any]:
+    """A running backend agent pod, the way the controller finds agents."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name or f"backend-agent-{node}",
+            "namespace": namespace,
+            "labels": dict(AGENT_LABELS),
+        },
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": True,
+            "containers": [{"name": "agent", "image": "gvirtus-dra"}],
+        },
+        "status": {"phase": "Running", "podIP": ip, "hostIP": ip},
+    }

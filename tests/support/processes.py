@@ -258,3 +258,52 @@ class AgentProcess:
         code = self.proc.wait(10)
         self._log.close()
         return code
+
+
+class ControllerProcess:
+    """``gvirtus-dra controller`` in a child process."""
+
+    def __init__(
+        self, *, root: pathlib.Path, kubeconfig: pathlib.Path, args: tuple[str, ...]
+    ) -> None:
+        self.log_path = root / f"controller-{id(self)}.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dra_driver",
+                "controller",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--metrics-port",
+                "0",
+                "--log-format",
+                "json",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def user_agent_pid(self) -> str:
+        return f"pid {self.proc.pid})"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait(10)
+        self._log.close()
+        return code
+
+    def terminate(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code

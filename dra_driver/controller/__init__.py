@@ -1,0 +1,1 @@
+"""The controller: turns backend agents' inventories into ResourceSlices, one pool per node."""

@@ -1,0 +1,202 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease: one replica writes, others wait.
+
+Semantics follow client-go's: a candidate notes, on its own monotonic clock, when
+it last saw the Lease record change; a record unchanged for a whole lease duration
+is expired and may be taken over. Every write is conditional on the
+resourceVersion read, so two candidates can never both win. The leader renews
+every retry period and steps down (cancelling its work) when it could not renew
+within the renew deadline; on shutdown it releases the Lease, so another replica
+takes over at once instead of after a lease duration.
+
+The library's elector is not used: it formats MicroTime from local naive time,
+lets transport errors escape its loop, and cannot release the Lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prometheus_client import Gauge
+
+from dra_driver.kube import errors
+from dra_driver.kube.client import KubeClient
+
+log = logging.getLogger(__name__)
+
+LEADER = Gauge("gvirtus_dra_controller_leader", "1 while this replica holds the Lease.")
+
+
+def micro_time(moment: datetime.datetime | None = None) -> str:
+    """A MicroTime as the API server parses it: always six fractional digits."""
+    moment = moment or datetime.datetime.now(datetime.UTC)
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    """Campaigns for one Lease and runs work while holding it."""
+
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration: float,
+        renew_deadline: float,
+        retry_period: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kube = kube
+        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self.clock = clock
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+
+    async def run(
+        self, lead: Callable[[], Coroutine[Any, Any, None]], *, stop: asyncio.Event
+    ) -> None:
+        """Until ``stop``: acquire, run ``lead`` while leading, start over when the Lease is lost.
+
+        Raises:
+            Exception: whatever ``lead`` raised; the work failing is fatal.
+        """
+        while not stop.is_set():
+            if not await self._acquire(stop):
+                return
+            LEADER.set(1)
+            log.info("became the leader", extra={"lease": self.name, "identity": self.identity})
+            work = asyncio.create_task(lead(), name="leading")
+            try:
+                await self._renew_until_lost(stop, work)
+            finally:
+                LEADER.set(0)
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+            if stop.is_set():
+                await self._release()
+                return
+            log.warning(
+                "lost the Lease; waiting to become the leader again", extra={"lease": self.name}
+            )
+
+    async def _acquire(self, stop: asyncio.Event) -> bool:
+        while not stop.is_set():
+            if await self._try():
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.retry_period)
+        return False
+
+    async def _renew_until_lost(self, stop: asyncio.Event, work: asyncio.Task[None]) -> None:
+        renewed = self.clock()
+        while not stop.is_set() and not work.done():
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait(
+                {stopped, work}, timeout=self.retry_period, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopped.cancel()
+            if stop.is_set() or work.done():
+                break
+            if await self._try():
+                renewed = self.clock()
+            elif self.clock() - renewed > self.renew_deadline:
+                return
+        if work.done() and not work.cancelled() and work.exception() is not None:
+            raise work.exception()  # type: ignore[misc]
+
+    async def _try(self) -> bool:
+        """One attempt to acquire or renew; False when someone else holds it or a write lost."""
+        try:
+            lease = await self.kube.request("GET", self.path)
+        except errors.NotFoundError:
+            return await self._create()
+        except errors.KubeError as exc:
+            log.warning("cannot read the Lease: %s", exc.message)
+            return False
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
+        if record != self._observed:
+            self._observed, self._observed_at = record, self.clock()
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
+        if holder and holder != self.identity and self.clock() - self._observed_at < duration:
+            return False
+        now = micro_time()
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
+        lease["spec"] = {
+            **spec,
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.lease_duration),
+            "acquireTime": spec.get("acquireTime") if holder == self.identity else now,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+        try:
+            await self.kube.request("PUT", self.path, body=lease)
+        except errors.ConflictError:
+            return False
+        except errors.KubeError as exc:
+            log.warning("cannot write the Lease: %s", exc.message)
+            return False
+        self._observed, self._observed_at = (
+            (self.identity, now, int(self.lease_duration)),
+            self.clock(),
+        )
+        return True
+
+    async def _create(self) -> bool:
+        now = micro_time()
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name},
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": int(self.lease_duration),
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": 0,
+            },
+        }
+        try:
+            await self.kube.request("POST", self.collection, body=body)
+        except errors.KubeError as exc:  # AlreadyExists: someone was faster
+            log.debug("cannot create the Lease: %s", exc.message)
+            return False
+        self._observed, self._observed_at = (
+            (self.identity, now, int(self.lease_duration)),
+            self.clock(),
+        )
+        return True
+
+    async def _release(self) -> None:
+        """Hand the Lease back so another replica need not wait for it to expire."""
+        try:
+            lease = await self.kube.request("GET", self.path)
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != self.identity:
+                return
+            lease["spec"] = {
+                **spec,
+                "holderIdentity": "",
+                "leaseDurationSeconds": 1,
+                "renewTime": micro_time(),
+            }
+            await self.kube.request("PUT", self.path, body=lease)
+            log.info("released the Lease", extra={"lease": self.name})
+        except errors.KubeError as exc:
+            log.warning("cannot release the Lease (it expires by itself): %s", exc.message)
