@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import resource
 import signal
+
+log = logging.getLogger(__name__)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -25,3 +29,16 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def raise_file_limit(wanted: int = 65536) -> None:
+    """Raise the soft limit of open files towards the hard one.
+
+    A controller keeps a connection to every backend agent; a thousand nodes need
+    more descriptors than the common default soft limit of 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.debug("raised the open file limit from %d to %d", soft, target)

@@ -18,7 +18,7 @@ from dra_driver.controller.reconciler import Reconciler
 from dra_driver.controller.settings import ControllerSettings
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder
-from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
+from dra_driver.lifecycle import freeze_startup_objects, raise_file_limit, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ COMPONENT = "gvirtus-dra-controller"
 async def run(settings: ControllerSettings, *, stop: asyncio.Event | None = None) -> None:
     """Campaign and, while leading, reconcile, until ``stop`` (or SIGTERM/SIGINT)."""
     stop = stop or stop_on_signals()
+    raise_file_limit()
     log.info(
         "starting controller",
         extra={

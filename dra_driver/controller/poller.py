@@ -65,10 +65,11 @@ class Poller:
 
     def __init__(self, *, timeout: float, concurrency: int) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.limit = asyncio.Semaphore(concurrency)
+        # One kept-alive connection per agent: the pool is not capped, concurrency is,
+        # so polling a thousand agents does not reconnect to most of them every round.
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=concurrency, limit_per_host=2, keepalive_timeout=60
-            ),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=60),
             timeout=self.timeout,
             trust_env=False,
         )
@@ -80,6 +81,10 @@ class Poller:
 
     async def poll(self, state: AgentState) -> bool:
         """Refresh ``state``; return whether its inventory changed."""
+        async with self.limit:
+            return await self._poll(state)
+
+    async def _poll(self, state: AgentState) -> bool:
         started = time.perf_counter()
         try:
             changed = await self._fetch(state)

@@ -1354,10 +1354,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--kubeconfig", type=pathlib.Path, required=True)
     parser.add_argument("--bookmark-interval", type=float, default=60.0)
-    args = parser.parse_args(argv)
-    APIServer(bookmark_interval=args.bookmark_interval).run_forever(
-        port=args.port, kubeconfig=args.kubeconfig
+    parser.add_argument(
+        "--seed", type=pathlib.Path, help="JSON list of objects to hold from the start"
     )
+    args = parser.parse_args(argv)
+    server = APIServer(bookmark_interval=args.bookmark_interval)
+    for obj in json.loads(args.seed.read_text()) if args.seed else []:
+        server.put(obj)
+    server.run_forever(port=args.port, kubeconfig=args.kubeconfig)
     return 0
 
 
