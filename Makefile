@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck unit bench-prepare protos clean
+.PHONY: test lint typecheck unit bench-prepare bench-controller protos clean
 
 # Everything CI runs: a fresh venv with the package and its test tools, then lint,
 # type checks and the whole test suite (e2e tests skip themselves without --e2e).
@@ -27,6 +27,9 @@ unit: $(VENV)/.installed
 
 bench-prepare: $(VENV)/.installed
 	$(BIN)/python -m bench.prepare
+
+bench-controller: $(VENV)/.installed
+	$(BIN)/python -m bench.controller
 
 protos: $(VENV)/.installed
 	$(BIN)/python scripts/gen_protos.py
