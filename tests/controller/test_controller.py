@@ -407,3 +407,23 @@ async def test_metrics_and_health(cluster: Cluster) -> None:
     assert 'gvirtus_dra_controller_slice_writes_total{verb="update"}' in text
     assert 'gvirtus_dra_controller_poll_duration_seconds_count{outcome="changed"}' in text
     assert "gvirtus_dra_controller_reconcile_duration_seconds_count" in text
+
+
+async def test_an_overloaded_gpu_takes_no_new_claims_until_load_drops(cluster: Cluster) -> None:
+    agent = await cluster.add_backend("gpu-node-a")
+    cluster.start_controller(max_connections=2)
+    await cluster.until(lambda: cluster.pool("gpu-node-a"))
+
+    held = [await asyncio.open_connection(agent.loopback, agent.base_port) for _ in range(2)]
+    try:
+        await cluster.until(lambda: taint(cluster.devices("gpu-node-a"), "gpu-0"))
+        assert taint(cluster.devices("gpu-node-a"), "gpu-0") == (
+            "gvirtus.io/overloaded",
+            "connections",
+            "NoSchedule",
+        )
+        assert taint(cluster.devices("gpu-node-a"), "gpu-1") is None
+    finally:
+        for _, writer in held:
+            writer.close()
+    await cluster.until(lambda: taint(cluster.devices("gpu-node-a"), "gpu-0") is None)
