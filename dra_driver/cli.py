@@ -43,12 +43,28 @@ def _controller() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, N
     return ControllerSettings, run
 
 
+def _webhook() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]:
+    from webhook.app import run
+    from webhook.settings import WebhookSettings
+
+    return WebhookSettings, run
+
+
+def _labeler() -> tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]:
+    from labeler.app import run
+    from labeler.settings import LabelerSettings
+
+    return LabelerSettings, run
+
+
 COMMANDS: dict[
     str, tuple[str, Callable[[], tuple[type[Settings], Callable[[Any], Coroutine[Any, Any, None]]]]]
 ] = {
     "kubelet-plugin": ("serve DRA claims to the kubelet on this node", _kubelet_plugin),
     "backend-agent": ("run and report GVirtuS backends on this GPU node", _backend_agent),
     "controller": ("publish GVirtuS backends as ResourceSlices (one active replica)", _controller),
+    "webhook": ("convert pods asking for nvidia.com/gpu into GVirtuS DRA claims", _webhook),
+    "labeler": ("give every node the default GVirtuS labels", _labeler),
 }
 
 

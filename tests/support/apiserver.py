@@ -62,7 +62,8 @@ import jsonpatch
 from aiohttp import web
 
 from dra_driver.quantity import parse_bytes
-from tests.support import selectors, tls
+from tests.support import admission, selectors
+from webhook import certs
 
 Obj = dict[str, Any]
 
@@ -127,17 +128,6 @@ def _slice_strategy(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None
     for device in _dig(new, "spec", "devices") or []:
         for taint in device.get("taints") or []:
             taint.setdefault("timeAdded", _now())
-
-
-def _claim_strategy(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None:
-    if old is not None:
-        return  # the spec is immutable
-    for request in _dig(new, "spec", "devices", "requests") or []:
-        for exactly in [request.get("exactly") or {}, *(request.get("firstAvailable") or [])]:
-            if "DRADeviceTaints" in disabled:
-                exactly.pop("tolerations", None)
-            if "DRAConsumableCapacity" in disabled:
-                exactly.pop("capacity", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +268,138 @@ def _request_policy_causes(index: int, device: Obj) -> list[Cause]:
     return causes
 
 
+_INTERNAL = "Internal error occurred: "
+
+
+def _device_spec_strategy(*path: str) -> Strategy:
+    """Defaults and gate-dropping of a claim's ``devices`` (at ``path``), on create only."""
+
+    def adjust(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None:
+        if old is not None:
+            return  # the spec is immutable for claims; templates keep what they had
+        devices = _dig(new, *path) or {}
+        for request in devices.get("requests") or []:
+            for exactly in [request.get("exactly") or {}, *(request.get("firstAvailable") or [])]:
+                if not exactly:
+                    continue
+                exactly.setdefault("allocationMode", "ExactCount")
+                if exactly["allocationMode"] == "ExactCount":
+                    exactly.setdefault("count", 1)
+                if "DRADeviceTaints" in disabled:
+                    exactly.pop("tolerations", None)
+                if "DRAConsumableCapacity" in disabled:
+                    exactly.pop("capacity", None)
+        if "DRAConsumableCapacity" in disabled:
+            for constraint in devices.get("constraints") or []:
+                constraint.pop("distinctAttribute", None)
+
+    return adjust
+
+
+def _validate_devices(*path: str) -> Validator:
+    """Constraints need exactly one fully qualified attribute (as the real validation)."""
+    where = ".".join(path)
+
+    def check(new: Obj, old: Obj | None) -> list[Cause]:
+        causes: list[Cause] = []
+        for i, constraint in enumerate((_dig(new, *path) or {}).get("constraints") or []):
+            named = [k for k in ("matchAttribute", "distinctAttribute") if k in constraint]
+            if len(named) != 1:
+                message = (
+                    "Required value: exactly one of `matchAttribute` or `distinctAttribute` is "
+                    "required"
+                    if not named
+                    else "Invalid value: must specify only one kind of constraint"
+                )
+                causes.append(("FieldValueRequired", f"{where}.constraints[{i}]", message))
+            for key in named:
+                if "/" not in str(constraint[key]):
+                    message = f'Invalid value: "{constraint[key]}": must include a domain'
+                    causes.append(("FieldValueInvalid", f"{where}.constraints[{i}].{key}", message))
+        return causes
+
+    return check
+
+
+def _validate_claim(new: Obj, old: Obj | None) -> list[Cause]:
+    return _immutable([("spec",)])(new, old) or _validate_devices("spec", "devices")(new, old)
+
+
+def _validate_pod(new: Obj, old: Obj | None) -> list[Cause]:
+    """Container claims must name pod claims (checked after admission, as in 1.36)."""
+    spec = new.get("spec") or {}
+    names = [c.get("name") for c in spec.get("resourceClaims") or []]
+    causes: list[Cause] = []
+    for kind in ("initContainers", "containers"):
+        for i, container in enumerate(spec.get(kind) or []):
+            for j, claim in enumerate((container.get("resources") or {}).get("claims") or []):
+                if claim.get("name") in names:
+                    continue
+                known = "must be one of the names in pod.spec.resourceClaims" + (
+                    ": " + ", ".join(f'"{n}"' for n in names) if names else " which is empty"
+                )
+                causes.append(
+                    (
+                        "FieldValueNotFound",
+                        f"spec.{kind}[{i}].resources.claims[{j}]",
+                        f'Not found: "{claim.get("name")}": {known}',
+                    )
+                )
+    for i, entry in enumerate(spec.get("resourceClaims") or []):
+        sources = [k for k in ("resourceClaimName", "resourceClaimTemplateName") if entry.get(k)]
+        if len(sources) != 1:
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    f"spec.resourceClaims[{i}]",
+                    "Invalid value: at most one of `resourceClaimName` or "
+                    "`resourceClaimTemplateName` may be set",
+                )
+            )
+    return causes
+
+
+_WEBHOOK_DEFAULTS = {
+    "failurePolicy": "Fail",
+    "matchPolicy": "Equivalent",
+    "namespaceSelector": {},
+    "objectSelector": {},
+    "timeoutSeconds": 10,
+    "reinvocationPolicy": "Never",
+}
+
+
+def _webhook_strategy(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None:
+    for webhook in new.get("webhooks") or []:
+        for key, value in _WEBHOOK_DEFAULTS.items():
+            webhook.setdefault(key, copy.deepcopy(value))
+        for rule in webhook.get("rules") or []:
+            rule.setdefault("scope", "*")
+
+
+def _validate_webhooks(new: Obj, old: Obj | None) -> list[Cause]:
+    causes: list[Cause] = []
+    for i, webhook in enumerate(new.get("webhooks") or []):
+        where = f"webhooks[{i}]"
+        if webhook.get("sideEffects") not in ("None", "NoneOnDryRun"):
+            message = 'Unsupported value: must be one of "None", "NoneOnDryRun"'
+            causes.append(("FieldValueNotSupported", f"{where}.sideEffects", message))
+        if "v1" not in (webhook.get("admissionReviewVersions") or []):
+            message = "Required value: must include at least one of v1, v1beta1"
+            causes.append(("FieldValueRequired", f"{where}.admissionReviewVersions", message))
+        if not 1 <= int(webhook.get("timeoutSeconds", 10)) <= 30:
+            message = "Invalid value: the timeout value must be between 1 and 30 seconds"
+            causes.append(("FieldValueInvalid", f"{where}.timeoutSeconds", message))
+        bundle = (webhook.get("clientConfig") or {}).get("caBundle")
+        if bundle:
+            try:
+                base64.b64decode(bundle, validate=True)
+            except ValueError:
+                message = "Invalid value: illegal base64 data"
+                causes.append(("FieldValueInvalid", f"{where}.clientConfig.caBundle", message))
+    return causes
+
+
 _MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
 
 
@@ -319,11 +441,26 @@ KINDS: tuple[Kind, ...] = (
         status_subresource=True,
         reset_status_on_create=True,
         bookmark_spec={"devices": {}},
-        validate=_immutable([("spec",)]),
-        strategy=_claim_strategy,
+        validate=_validate_claim,
+        strategy=_device_spec_strategy("spec", "devices"),
     ),
     Kind(
-        "resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate", namespaced=True
+        "resource.k8s.io",
+        "v1",
+        "resourceclaimtemplates",
+        "ResourceClaimTemplate",
+        namespaced=True,
+        validate=_validate_devices("spec", "spec", "devices"),
+        strategy=_device_spec_strategy("spec", "spec", "devices"),
+    ),
+    Kind(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        namespaced=False,
+        validate=_validate_webhooks,
+        strategy=_webhook_strategy,
     ),
     Kind("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False),
     Kind(
@@ -343,6 +480,7 @@ KINDS: tuple[Kind, ...] = (
         namespaced=True,
         status_subresource=True,
         fields={"spec.nodeName": lambda o: _dig(o, "spec", "nodeName")},
+        validate=_validate_pod,
     ),
     Kind("", "v1", "events", "Event", namespaced=True, tracks_generation=False),
     Kind("", "v1", "secrets", "Secret", namespaced=True, tracks_generation=False),
@@ -552,6 +690,7 @@ class APIServer:
         self.default_watch_timeout = default_watch_timeout
         self.store = Store(history=history)
         self.kinds = {k.plural: k for k in KINDS}
+        self.admission = admission.Admission()
         self.faults: list[Fault] = []
         self.requests: list[Request] = []
         self._tls_dir = tls_dir
@@ -604,11 +743,15 @@ class APIServer:
 
     async def _start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self._stopping = asyncio.Event()
-        ca, ca_key = tls.make_ca(common_name="test-apiserver CA")
-        serving = tls.make_serving_cert(ca=ca, ca_key=ca_key, dns_names=("localhost",), ips=(host,))
+        day = datetime.timedelta(days=1)
+        ca = certs.new_ca(common_name="test-apiserver CA", valid_for=day)
+        serving = certs.new_serving(ca=ca, dns_names=["localhost"], ips=[host], valid_for=day)
         self.ca_pem = ca.cert_pem
         folder = self._tls_dir or pathlib.Path(_tempdir())
-        cert_file, key_file = serving.write(folder, "apiserver")
+        folder.mkdir(parents=True, exist_ok=True)
+        cert_file, key_file = folder / "apiserver.crt", folder / "apiserver.key"
+        cert_file.write_bytes(serving.cert_pem)
+        key_file.write_bytes(serving.key_pem)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
         app = web.Application(client_max_size=8 * 1024 * 1024)
@@ -627,6 +770,7 @@ class APIServer:
             task.cancel()
         await asyncio.gather(*self._streams, return_exceptions=True)
         await self._runner.cleanup()
+        await self.admission.close()
 
     def run_forever(self, *, port: int, kubeconfig: pathlib.Path) -> None:
         """Serve on ``port`` in this thread until interrupted (standalone mode)."""
@@ -843,8 +987,12 @@ class APIServer:
                         404, "NotFound", "the server could not find the requested resource"
                     )
                 body = await self._body(request, kind)
+                warnings: list[str] = []
+                if kind.plural == "pods" and namespace is not None:
+                    body, warnings = await self._admit(namespace, body, query)
                 created = self._create(kind, namespace, body, dry_run=_dry_run(query))
-                return web.json_response(created, status=201)
+                headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)}
+                return web.json_response(created, status=201, headers=headers if warnings else None)
         else:
             if method == "GET":
                 return web.json_response(self._get(kind, namespace, name))
@@ -904,6 +1052,28 @@ class APIServer:
             )
         body.setdefault("metadata", {})
         return body
+
+    async def _admit(
+        self, namespace: str, pod: Obj, query: Mapping[str, str]
+    ) -> tuple[Obj, list[str]]:
+        options = {
+            k: [v] if k == "dryRun" else v
+            for k, v in query.items()
+            if k in ("dryRun", "fieldManager")
+        }
+        try:
+            return await self.admission.admit_pod(
+                configurations=self.list("mutatingwebhookconfigurations"),
+                namespace=namespace,
+                pod=pod,
+                dry_run=_dry_run(query),
+                options=options,
+            )
+        except admission.AdmissionError as exc:
+            details = None
+            if exc.code == 500:
+                details = {"causes": [{"message": exc.message.removeprefix(_INTERNAL)}]}
+            raise APIError(exc.code, exc.reason, exc.message, details) from exc
 
     # -- verbs ------------------------------------------------------------------------
 

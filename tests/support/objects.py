@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.apiserver import fixture_object
+from tests.support.apiserver import fixture, fixture_object
 
 DRIVER = "gpu.gvirtus.io"
 NAMESPACE = "gvirtus-demo"
@@ -199,3 +199,69 @@ def agent_pod(
         },
         "status": {"phase": "Running", "podIP": ip, "hostIP": ip},
     }
+
+
+def admission_review(name: str = "08-admissionreview-create-pod-jsonpatch.json") -> dict[str, Any]:
+    """The AdmissionReview a 1.36 API server sent for a legacy pod (section 08 captures).
+
+    Its pod has init container ``setup`` (1 GPU) and containers ``trainer`` (1 GPU,
+    1Gi memory) and ``worker`` (2 GPUs), all as limits and defaulted requests.
+    """
+    return copy.deepcopy(fixture(name)["webhookRequest"]["body"])
+
+
+def legacy_pod(
+    *,
+    containers: Mapping[str, Any] = {"app": 1},
+    init: Mapping[str, Any] = {},
+    sidecars: Iterable[str] = (),
+    labelled: bool = True,
+    where: tuple[str, ...] = ("limits", "requests"),
+) -> dict[str, Any]:
+    """A pod asking for ``nvidia.com/gpu``: container name → count (None: no GPU).
+
+    Shaped like the pod of :func:`admission_review` (defaulted, with the service
+    account volume). ``where`` says whether counts go into limits, requests or both;
+    init containers named in ``sidecars`` get ``restartPolicy: Always``.
+    """
+    pod = copy.deepcopy(admission_review()["request"]["object"])
+    template = pod["spec"]["containers"][0]
+
+    def container(name: str, count: Any) -> dict[str, Any]:
+        made = copy.deepcopy(template)
+        made["name"] = name
+        made["resources"] = {}
+        if count is not None:
+            for part in where:
+                made["resources"][part] = {"nvidia.com/gpu": str(count)}
+        if name in sidecars:
+            made["restartPolicy"] = "Always"
+        return made
+
+    pod["spec"]["containers"] = [container(n, c) for n, c in containers.items()]
+    pod["spec"]["initContainers"] = [container(n, c) for n, c in init.items()]
+    if not init:
+        del pod["spec"]["initContainers"]
+    pod["metadata"].pop("managedFields", None)
+    if not labelled:
+        pod["metadata"]["labels"].pop("gvirtus.io/enabled")
+    return pod
+
+
+def review_of(
+    pod: Mapping[str, Any], *, operation: str = "CREATE", dry_run: bool = False
+) -> dict[str, Any]:
+    """An AdmissionReview of ``pod`` shaped like the captured one, with a fresh uid."""
+    review = admission_review()
+    request = review["request"]
+    request.update(
+        uid=str(uuid.uuid4()), operation=operation, dryRun=dry_run, object=copy.deepcopy(pod)
+    )
+    request["name"] = pod.get("metadata", {}).get("name", "")
+    if dry_run:
+        request["options"] = {
+            "kind": "CreateOptions",
+            "apiVersion": "meta.k8s.io/v1",
+            "dryRun": ["All"],
+        }
+    return review

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import signal
@@ -260,31 +261,37 @@ class AgentProcess:
         return code
 
 
-class ControllerProcess:
-    """``gvirtus-dra controller`` in a child process."""
+class ComponentProcess:
+    """``gvirtus-dra <command>`` in a child process, logging JSON to a file."""
 
     def __init__(
-        self, *, root: pathlib.Path, kubeconfig: pathlib.Path, args: tuple[str, ...]
+        self,
+        *,
+        command: str,
+        root: pathlib.Path,
+        kubeconfig: pathlib.Path,
+        args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        self.log_path = root / f"controller-{id(self)}.log"
+        self.log_path = root / f"{command}-{id(self)}.log"
         self._log = self.log_path.open("ab")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("KUBECONFIG", None)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "dra_driver",
-                "controller",
+                command,
                 "--kubeconfig",
                 str(kubeconfig),
-                "--metrics-port",
-                "0",
                 "--log-format",
                 "json",
                 *args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=full_env,
         )
 
     @property
@@ -293,6 +300,30 @@ class ControllerProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, object]]:
+        """The JSON log lines (anything else the process printed is skipped)."""
+        import json
+
+        records = []
+        for line in self.logs().splitlines():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
+
+    async def wait_ready(self, url: str, timeout: float = 30) -> None:
+        """Poll ``url`` until it answers 200; fail early if the process died."""
+        import aiohttp
+
+        async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"exited with {self.proc.returncode}:\n{self.logs()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(url) as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)
 
     def kill(self) -> int:
         if self.proc.poll() is None:
@@ -307,3 +338,17 @@ class ControllerProcess:
         code = self.proc.wait(timeout)
         self._log.close()
         return code
+
+
+class ControllerProcess(ComponentProcess):
+    """``gvirtus-dra controller`` in a child process."""
+
+    def __init__(
+        self, *, root: pathlib.Path, kubeconfig: pathlib.Path, args: tuple[str, ...]
+    ) -> None:
+        super().__init__(
+            command="controller",
+            root=root,
+            kubeconfig=kubeconfig,
+            args=("--metrics-port", "0", *args),
+        )

@@ -77,6 +77,27 @@ def parse_labels(text: str | None) -> list[Requirement]:
     return requirements
 
 
+_OPERATORS = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!exists"}
+
+
+def from_label_selector(selector: Mapping[str, Any] | None) -> list[Requirement]:
+    """The requirements of a structured ``LabelSelector`` (matchLabels, matchExpressions)."""
+    selector = selector or {}
+    requirements = [
+        Requirement(k, "=", (v,)) for k, v in (selector.get("matchLabels") or {}).items()
+    ]
+    for expression in selector.get("matchExpressions") or []:
+        op = _OPERATORS.get(expression.get("operator", ""))
+        if op is None:
+            raise SelectorError(
+                f"{expression.get('operator')!r} is not a valid label selector operator"
+            )
+        requirements.append(
+            Requirement(expression["key"], op, tuple(expression.get("values") or ()))
+        )
+    return requirements
+
+
 def labels_match(requirements: list[Requirement], obj: Mapping[str, Any]) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return all(r.matches(labels) for r in requirements)

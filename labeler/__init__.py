@@ -1,0 +1,1 @@
+"""The node labeler: every node says whether it may be a GVirtuS frontend or backend."""

@@ -1,0 +1,147 @@
+"""Wiring of the webhook: certificates, the HTTPS endpoint, probes, renewal.
+
+At start the serving certificate comes from the Secret (created on first start) or
+from cert-manager's files, and the CA is published in the MutatingWebhookConfiguration.
+Every ``--reload-interval`` the certificate is checked again: renewed when due,
+reloaded when another replica renewed it (or cert-manager replaced the files), and
+the CA published again if someone re-applied the configuration without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+
+from aiohttp import web
+
+from dra_driver import __version__, httpserver
+from dra_driver.errors import StartupError
+from dra_driver.kube import errors
+from dra_driver.kube.client import KubeClient
+from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
+from webhook import server
+from webhook.cabundle import publish_ca_bundle
+from webhook.certs import KeyPair
+from webhook.secret import SecretCertificates
+from webhook.settings import WebhookSettings
+from webhook.templates import Templates
+from webhook.tls import TLS
+
+log = logging.getLogger(__name__)
+
+
+class Certificates:
+    """Keeps the live TLS context current, from the Secret or from files."""
+
+    def __init__(self, *, settings: WebhookSettings, kube: KubeClient, tls: TLS) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.tls = tls
+        self.secret = SecretCertificates(
+            kube=kube,
+            namespace=settings.namespace,
+            secret=settings.secret,
+            service=settings.service,
+            valid_for=datetime.timedelta(days=settings.cert_days),
+            renew_before=datetime.timedelta(days=settings.renew_days),
+        )
+
+    async def refresh(self) -> None:
+        """Load the current certificate (renewing it when due) and publish the CA.
+
+        Raises:
+            KubeError: the Secret or the configuration could not be read or written.
+            OSError: cert-manager's files cannot be read.
+        """
+        s = self.settings
+        if s.cert_file is not None and s.key_file is not None:
+            self.tls.load(KeyPair(s.cert_file.read_bytes(), s.key_file.read_bytes()))
+            return
+        bundle = await self.secret.current()
+        self.tls.load(bundle.serving)
+        await publish_ca_bundle(self.kube, configuration=s.configuration, ca_pem=bundle.ca.cert_pem)
+
+    async def keep_current(self, stop: asyncio.Event) -> None:
+        """Refresh every reload interval until ``stop``; failures are logged and retried."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.reload_interval)
+            if stop.is_set():
+                return
+            try:
+                await self.refresh()
+            except (errors.KubeError, OSError, ValueError) as exc:
+                log.warning("checking the serving certificate failed (retrying): %s", exc)
+
+
+async def run(settings: WebhookSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` (or SIGTERM/SIGINT)."""
+    stop = stop or stop_on_signals()
+    kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component="webhook")
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(kube.close)
+        tls = TLS()
+        certificates = Certificates(settings=settings, kube=kube, tls=tls)
+        try:
+            await certificates.refresh()
+        except (errors.KubeError, OSError, ValueError) as exc:
+            raise StartupError(f"cannot get a serving certificate: {exc}") from exc
+        templates = Templates(
+            kube=kube, device_class=settings.device_class, driver=settings.driver_name
+        )
+        converter = server.Converter(
+            templates=templates, max_gpus=settings.max_gpus, max_body=settings.max_body
+        )
+        watch = asyncio.create_task(templates.watch())
+        stack.callback(watch.cancel)
+        runner = web.AppRunner(
+            server.build(converter=converter), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        try:
+            await web.TCPSite(
+                runner, settings.address, settings.port, ssl_context=tls.context, reuse_address=True
+            ).start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve on {settings.address}:{settings.port}: {exc}"
+            ) from exc
+        stopping = asyncio.Event()
+        if settings.metrics_port:
+
+            async def tls_loaded() -> str | None:
+                return None if tls.loaded is not None else "no serving certificate"
+
+            async def serving() -> str | None:
+                return "shutting down" if stopping.is_set() else await tls_loaded()
+
+            async def watching() -> str | None:
+                return None if not watch.done() else "the ResourceClaimTemplate watch ended"
+
+            probes = await httpserver.start(
+                address=settings.address,
+                port=settings.metrics_port,
+                health={"tls": tls_loaded, "templates": watching},
+                ready={"serving": serving},
+            )
+            stack.push_async_callback(probes.cleanup)
+        keeper = asyncio.create_task(certificates.keep_current(stop))
+        log.info(
+            "webhook serving",
+            extra={
+                "version": __version__,
+                "port": settings.port,
+                "cert_manager": settings.cert_manager,
+            },
+        )
+        freeze_startup_objects()
+        await stop.wait()
+        stopping.set()
+        await keeper
+        if settings.shutdown_delay:
+            log.info("stopping in %.0fs; not ready meanwhile", settings.shutdown_delay)
+            await asyncio.sleep(settings.shutdown_delay)
+        log.info("stopping")

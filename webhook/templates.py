@@ -1,0 +1,145 @@
+"""The ResourceClaimTemplates converted pods point at: ``gvirtus-legacy-gpu-<count>``.
+
+One template per GPU count and namespace, created the first time a pod there needs
+it. A watch of ResourceClaimTemplates tells which exist, so converting a pod costs
+no API request once its namespace has the template, and a template someone deleted
+is created again for the next pod. An existing template is never overwritten: an
+admin may have tuned it (another DeviceClass, a selector). Its devices all come
+from one backend node (a ``matchAttribute`` on ``backendNode``). Where devices can
+be shared (slots, or memory with consumable capacity) two of them may be the same
+GPU; a ``distinctAttribute`` on ``uuid`` prevents that on API servers that keep the
+field (DRAConsumableCapacity), which a dry-run create finds out once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import Counter
+
+from dra_driver.kube import errors
+from dra_driver.kube.client import KubeClient
+from dra_driver.kube.index import Index
+from dra_driver.kube.watch import list_watch
+from webhook.mutate import TEMPLATE_PREFIX, template_name
+
+log = logging.getLogger(__name__)
+
+CREATED = Counter(
+    "gvirtus_dra_webhook_templates_created_total", "ResourceClaimTemplates the webhook created."
+)
+MANAGED_BY = {"app.kubernetes.io/managed-by": "gvirtus-dra"}
+CONVERTED_LABEL = "gvirtus.io/converted"
+"""Label of the claims made from the templates, so ``kubectl get resourceclaims -l`` finds them."""
+
+
+def template(
+    *, namespace: str, count: int, device_class: str, driver: str, distinct: bool
+) -> dict[str, Any]:
+    """The template giving ``count`` GVirtuS GPUs from one backend node."""
+    request: dict[str, Any] = {
+        "name": "gpu",
+        "exactly": {
+            "deviceClassName": device_class,
+            "allocationMode": "ExactCount",
+            "count": count,
+        },
+    }
+    devices: dict[str, Any] = {"requests": [request]}
+    if count > 1:
+        devices["constraints"] = [{"requests": ["gpu"], "matchAttribute": f"{driver}/backendNode"}]
+        if distinct:
+            devices["constraints"].append(
+                {"requests": ["gpu"], "distinctAttribute": f"{driver}/uuid"}
+            )
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {
+            "name": template_name(count),
+            "namespace": namespace,
+            "labels": dict(MANAGED_BY),
+        },
+        "spec": {"metadata": {"labels": {CONVERTED_LABEL: "true"}}, "spec": {"devices": devices}},
+    }
+
+
+class Templates:
+    """Ensures templates exist, knowing from a watch which ones do."""
+
+    def __init__(self, *, kube: KubeClient, device_class: str, driver: str) -> None:
+        self.kube = kube
+        self.device_class = device_class
+        self.driver = driver
+        self.existing: Index[bool] = Index(
+            lambda o: True if o["metadata"]["name"].startswith(TEMPLATE_PREFIX) else None
+        )
+        self._distinct: bool | None = None
+
+    async def watch(self) -> None:
+        """Keep :attr:`existing` current until cancelled."""
+        await list_watch(
+            kube=self.kube,
+            path="/apis/resource.k8s.io/v1/resourceclaimtemplates",
+            consumer=self.existing,
+            component="webhook",
+            resource="resourceclaimtemplates",
+        )
+
+    async def ensure(self, *, namespace: str, counts: set[int]) -> None:
+        """Make sure the namespace has a template for each count.
+
+        Raises:
+            KubeError: a template could not be read or created.
+        """
+        for count in sorted(counts):
+            key = f"{namespace}/{template_name(count)}"
+            if key in self.existing.items:
+                continue
+            path = f"/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaimtemplates"
+            try:
+                await self.kube.request("GET", f"{path}/{template_name(count)}")
+            except errors.NotFoundError:
+                body = template(
+                    namespace=namespace,
+                    count=count,
+                    device_class=self.device_class,
+                    driver=self.driver,
+                    distinct=await self._keeps_distinct(path, namespace),
+                )
+                try:
+                    await self.kube.request(
+                        "POST", path, body=body, query={"fieldManager": "gvirtus-dra-webhook"}
+                    )
+                    CREATED.inc()
+                    log.info(
+                        "created ResourceClaimTemplate",
+                        extra={"namespace": namespace, "template": template_name(count)},
+                    )
+                except errors.AlreadyExistsError:
+                    pass  # another replica, or a pod created at the same moment
+            self.existing.items[key] = True  # until the watch says otherwise
+
+    async def _keeps_distinct(self, path: str, namespace: str) -> bool:
+        if self._distinct is None:
+            probe = template(
+                namespace=namespace,
+                count=2,
+                device_class=self.device_class,
+                driver=self.driver,
+                distinct=True,
+            )
+            probe["metadata"] = {"generateName": "gvirtus-dra-probe-", "namespace": namespace}
+            try:
+                stored = await self.kube.request("POST", path, body=probe, query={"dryRun": "All"})
+                constraints = stored["spec"]["spec"]["devices"].get("constraints") or []
+                self._distinct = any("distinctAttribute" in c for c in constraints)
+            except errors.InvalidError:
+                self._distinct = False  # dropped, leaving a constraint the server refuses
+            if not self._distinct:
+                log.warning(
+                    "the API server drops distinctAttribute (DRAConsumableCapacity off): multi-GPU "
+                    "claims of legacy pods may get two shares of one GPU where devices are shared"
+                )
+        return self._distinct
