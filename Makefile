@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck unit bench-prepare bench-controller protos clean
+.PHONY: test lint typecheck unit bench-prepare bench-controller bench-webhook protos clean
 
 # Everything CI runs: a fresh venv with the package and its test tools, then lint,
 # type checks and the whole test suite (e2e tests skip themselves without --e2e).
@@ -30,6 +30,9 @@ bench-prepare: $(VENV)/.installed
 
 bench-controller: $(VENV)/.installed
 	$(BIN)/python -m bench.controller
+
+bench-webhook: $(VENV)/.installed
+	$(BIN)/python -m bench.webhook
 
 protos: $(VENV)/.installed
 	$(BIN)/python scripts/gen_protos.py

@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bench.measure import cpu_seconds, percentile, rss_mib
 from dra_driver.kube.client import KubeClient
 from dra_driver.lifecycle import raise_file_limit
 from dra_driver.models import GPU, GPUHealth, GPULoad, Inventory
@@ -97,18 +98,6 @@ class Agents:
         return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def slice_writes(port: int) -> float:
     import aiohttp
 
@@ -122,11 +111,6 @@ async def slice_writes(port: int) -> float:
         for line in text.splitlines()
         if line.startswith("gvirtus_dra_controller_slice_writes_total{")
     )
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class SliceWatch:

@@ -25,7 +25,6 @@ import os
 import pathlib
 import shutil
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.measure import rss_mib, summary
 from tests.support import kubelet, objects
 from tests.support.kubelet import Claim
 from tests.support.processes import PluginDirs, PluginProcess
@@ -48,18 +48,6 @@ def _tmpfs_dir(fallback: pathlib.Path) -> pathlib.Path:
     if shm.is_dir() and os.access(shm, os.W_OK):
         return pathlib.Path(tempfile.mkdtemp(prefix="gd-bench-cdi-", dir=shm))
     return fallback / "cdi"
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def rss_mib(pid: int) -> float:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 class API:
@@ -113,15 +101,6 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> float:
     started = time.perf_counter()
     await call()
     return (time.perf_counter() - started) * 1000
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(percentile(samples, 50), 3),
-        "p99_ms": round(percentile(samples, 99), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "n": len(samples),
-    }
 
 
 async def run(rounds: int) -> dict[str, Any]:

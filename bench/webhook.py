@@ -1,0 +1,292 @@
+"""Webhook benchmark: AdmissionReviews over TLS, the way the API server sends them.
+
+Three processes: the test API server (it holds the Secret and the claim templates),
+the webhook (``gvirtus-dra webhook``, pinned to one CPU), and this process acting as
+the API server's admission client on the other CPU. The review is the one a 1.36
+API server sent for a pod with an init container and two GPU containers, which the
+webhook converts into two claims; the templates exist after the warm-up, as in a
+namespace that already ran such a pod.
+
+For 1, 16 and 64 concurrent clients, each sending reviews back to back, with
+keep-alive on (the API server reuses connections) and off (a TLS handshake per
+review), it reports latency p50/p99, reviews per second, and the webhook's CPU time
+per review; then the webhook's memory. The client is a minimal HTTP/1.1 writer over
+``asyncio`` TLS streams, so it costs less than the server it measures.
+
+The yardstick, quoted (its Flask server is not run here): the gvirtus-kai webhook
+serves about 220 admissions/s with p99 about 100 ms at 16 clients on one core.
+
+Usage: ``python -m bench.webhook [--seconds 5] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import pathlib
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+
+from bench.measure import cpu_seconds, rss_mib, summary
+from tests.support import manifests, objects
+from tests.support.processes import free_port
+
+YARDSTICK = {"reviews_per_second": 220, "p99_ms": 100, "clients": 16}
+SERVER_NAME = "gvirtus-dra-webhook.gvirtus-system.svc"
+CLIENTS = (1, 16, 64)
+
+
+class Target:
+    """Where and how to send reviews."""
+
+    def __init__(self, *, port: int, ca_pem: str, body: bytes) -> None:
+        self.port = port
+        self.context = ssl.create_default_context(cadata=ca_pem)
+        self.body = body
+
+    def request(self, *, keep_alive: bool) -> bytes:
+        head = (
+            "POST /mutate?timeout=5s HTTP/1.1\r\n"
+            f"Host: {SERVER_NAME}:443\r\n"
+            "User-Agent: kube-apiserver-admission\r\n"
+            "Accept: application/json, */*\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(self.body)}\r\n"
+            + ("" if keep_alive else "Connection: close\r\n")
+            + "\r\n"
+        )
+        return head.encode() + self.body
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.context, server_hostname=SERVER_NAME
+        )
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> None:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200") or b'"allowed": true' not in body:
+        raise RuntimeError(f"unexpected answer: {head[:40]!r} {body[:200]!r}")
+
+
+async def _client(target: Target, *, keep_alive: bool, until: float, out: list[float]) -> None:
+    request = target.request(keep_alive=keep_alive)
+    connection = await target.connect() if keep_alive else None
+    try:
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            if connection is None:
+                reader, writer = await target.connect()
+                await _exchange(reader, writer, request)
+                out.append((time.perf_counter() - started) * 1000)
+                writer.close()
+                await writer.wait_closed()
+            else:
+                await _exchange(*connection, request)
+                out.append((time.perf_counter() - started) * 1000)
+    finally:
+        if connection is not None:
+            connection[1].close()
+            await connection[1].wait_closed()
+
+
+async def scenario(
+    target: Target, *, clients: int, keep_alive: bool, seconds: float, pid: int
+) -> dict[str, Any]:
+    warm: list[float] = []
+    until = time.perf_counter() + 1.0
+    await asyncio.gather(
+        *(_client(target, keep_alive=keep_alive, until=until, out=warm) for _ in range(clients))
+    )
+    samples: list[float] = []
+    cpu_before, started = cpu_seconds(pid), time.perf_counter()
+    until = started + seconds
+    await asyncio.gather(
+        *(_client(target, keep_alive=keep_alive, until=until, out=samples) for _ in range(clients))
+    )
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before
+    return {
+        "clients": clients,
+        "keep_alive": keep_alive,
+        **summary(samples),
+        "reviews_per_second": round(len(samples) / elapsed, 1),
+        "webhook_cpu_ms_per_review": round(cpu / len(samples) * 1000, 3),
+    }
+
+
+def _pin(pid: int, cpus: set[int]) -> bool:
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+async def run(*, seconds: float) -> dict[str, Any]:
+    root = pathlib.Path(tempfile.mkdtemp(prefix="gd-bench-wh-", dir="/tmp"))
+    (root / "seed.json").write_text(
+        json.dumps([manifests.find("manifests/webhook.yaml", "MutatingWebhookConfiguration")])
+    )
+    cpus = sorted(os.sched_getaffinity(0))
+    webhook_cpus, other_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (set(cpus),) * 2
+    _pin(0, other_cpus)
+    apiserver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.apiserver",
+            "--kubeconfig",
+            str(root / "kubeconfig"),
+            "--seed",
+            str(root / "seed.json"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    port, metrics = free_port(), free_port()
+    webhook: subprocess.Popen[bytes] | None = None
+    try:
+        while not (root / "kubeconfig").exists():
+            await asyncio.sleep(0.05)
+        with (root / "webhook.log").open("wb") as log:
+            webhook = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dra_driver",
+                    "webhook",
+                    "--kubeconfig",
+                    str(root / "kubeconfig"),
+                    "--address",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--metrics-port",
+                    str(metrics),
+                    "--shutdown-delay",
+                    "0",
+                    "--log-format",
+                    "json",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        pinned = _pin(webhook.pid, webhook_cpus)
+        await _ready(metrics, webhook, root / "webhook.log")
+        kubeconfig = json.loads((root / "kubeconfig").read_text())
+        target = Target(port=port, ca_pem=await _ca(kubeconfig), body=_review())
+        idle_rss = rss_mib(webhook.pid)
+        results = [
+            await scenario(
+                target, clients=clients, keep_alive=keep_alive, seconds=seconds, pid=webhook.pid
+            )
+            for keep_alive in (True, False)
+            for clients in CLIENTS
+        ]
+        return {
+            "machine": {"cpus": len(cpus), "webhook_pinned_to_one_cpu": pinned},
+            "seconds_per_scenario": seconds,
+            "scenarios": results,
+            "rss_mib": {"idle": round(idle_rss, 1), "after": round(rss_mib(webhook.pid), 1)},
+            "yardstick": YARDSTICK,
+        }
+    finally:
+        for process in (webhook, apiserver):
+            if process is not None:
+                process.terminate()
+                process.wait(15)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _review() -> bytes:
+    return json.dumps(objects.admission_review()).encode()
+
+
+async def _ready(metrics: int, webhook: subprocess.Popen[bytes], log: pathlib.Path) -> None:
+    async with asyncio.timeout(30), aiohttp.ClientSession() as http:
+        while True:
+            if webhook.poll() is not None:
+                output = log.read_text(errors="replace")  # noqa: ASYNC240 - it has stopped
+                raise RuntimeError(f"the webhook exited with {webhook.returncode}:\n{output}")
+            try:
+                async with http.get(f"http://127.0.0.1:{metrics}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def _ca(config: dict[str, Any]) -> str:
+    """The webhook's CA, read back from its Secret as another replica would."""
+    cluster = config["clusters"][0]["cluster"]
+    context = ssl.create_default_context(
+        cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+    )
+    headers = {"Authorization": f"Bearer {config['users'][0]['user']['token']}"}
+    url = f"{cluster['server']}/api/v1/namespaces/gvirtus-system/secrets/gvirtus-dra-webhook-tls"
+    async with aiohttp.ClientSession(headers=headers) as http, http.get(url, ssl=context) as got:
+        secret = await got.json()
+    return base64.b64decode(secret["data"]["ca.crt"]).decode()
+
+
+def render(results: dict[str, Any]) -> str:
+    machine, yardstick = results["machine"], results["yardstick"]
+    pinned = "pinned to one CPU" if machine["webhook_pinned_to_one_cpu"] else "not pinned"
+    lines = [
+        f"webhook benchmark ({machine['cpus']} CPUs; webhook {pinned}; "
+        f"{results['seconds_per_scenario']:.0f} s per row)",
+        "  keep-alive  clients      p50 ms    p99 ms   reviews/s   webhook CPU ms/review",
+    ]
+    for row in results["scenarios"]:
+        lines.append(
+            f"  {'on ' if row['keep_alive'] else 'off'}         {row['clients']:>4}   "
+            f"{row['p50_ms']:>9.2f} {row['p99_ms']:>9.2f}   {row['reviews_per_second']:>9.1f}   "
+            f"{row['webhook_cpu_ms_per_review']:>8.3f}"
+        )
+    at = next(
+        r for r in results["scenarios"] if r["keep_alive"] and r["clients"] == yardstick["clients"]
+    )
+    lines += [
+        f"  webhook RSS: {results['rss_mib']['idle']:.1f} MiB idle, "
+        f"{results['rss_mib']['after']:.1f} MiB after the runs",
+        f"  vs gvirtus-kai at {yardstick['clients']} clients on one core (quoted): "
+        f"{at['reviews_per_second'] / yardstick['reviews_per_second']:.1f}x the throughput, "
+        f"p99 {at['p99_ms']:.2f} ms vs ~{yardstick['p99_ms']} ms",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(seconds=args.seconds))
+    print(render(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
