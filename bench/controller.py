@@ -38,7 +38,7 @@ from dra_driver.kube.client import KubeClient
 from dra_driver.lifecycle import raise_file_limit
 from dra_driver.models import GPU, GPUHealth, GPULoad, Inventory
 from tests.support import objects
-from tests.support.processes import free_port
+from tests.support.processes import free_port, standalone_apiserver
 
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 
@@ -162,18 +162,7 @@ async def run(*, nodes: int, gpus: int, trials: int, quiet: float) -> dict[str, 
     seed = [objects.node(name=f"gpu-{i:04d}", frontend=False) for i in range(nodes)]
     seed += [objects.agent_pod(node=f"gpu-{i:04d}", ip=loopback(i)) for i in range(nodes)]
     (root / "seed.json").write_text(json.dumps(seed))
-    apiserver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.apiserver",
-            "--kubeconfig",
-            str(root / "kubeconfig"),
-            "--seed",
-            str(root / "seed.json"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    apiserver = standalone_apiserver(kubeconfig=root / "kubeconfig", seed=root / "seed.json")
     agents = Agents(nodes=nodes, gpus=gpus)
     app = web.Application()
     app.router.add_get("/v1/inventory", agents.answer)

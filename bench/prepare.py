@@ -25,7 +25,6 @@ import os
 import pathlib
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import aiohttp
 from bench.measure import rss_mib, summary
 from tests.support import kubelet, objects
 from tests.support.kubelet import Claim
-from tests.support.processes import PluginDirs, PluginProcess
+from tests.support.processes import PluginDirs, PluginProcess, standalone_apiserver
 
 GO_EXAMPLE_MEAN_MS = 6.6
 """The upstream Go example driver's prepare, mean, as a real 1.36 kubelet sees it."""
@@ -106,14 +105,7 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> float:
 async def run(rounds: int) -> dict[str, Any]:
     root = pathlib.Path(tempfile.mkdtemp(prefix="gd-bench-", dir="/tmp"))
     kubeconfig = root / "kubeconfig"
-    apiserver = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.support.apiserver",
-        "--kubeconfig",
-        str(kubeconfig),
-        stdout=subprocess.DEVNULL,
-    )
+    apiserver = standalone_apiserver(kubeconfig=kubeconfig)
     plugin_process: PluginProcess | None = None
     try:
         for _ in range(500):
@@ -173,7 +165,7 @@ async def run(rounds: int) -> dict[str, Any]:
         if plugin_process is not None:
             plugin_process.terminate()
         apiserver.terminate()
-        await apiserver.wait()
+        apiserver.wait(15)
         shutil.rmtree(root, ignore_errors=True)
         if plugin_process is not None and plugin_process.dirs.cdi is not None:
             shutil.rmtree(plugin_process.dirs.cdi, ignore_errors=True)

@@ -29,7 +29,6 @@ import os
 import pathlib
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import aiohttp
 
 from bench.measure import cpu_seconds, rss_mib, summary
 from tests.support import manifests, objects
-from tests.support.processes import free_port
+from tests.support.processes import WebhookProcess, standalone_apiserver
 
 YARDSTICK = {"reviews_per_second": 220, "p99_ms": 100, "clients": 16}
 SERVER_NAME = "gvirtus-dra-webhook.gvirtus-system.svc"
@@ -150,54 +149,24 @@ async def run(*, seconds: float) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     webhook_cpus, other_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (set(cpus),) * 2
     _pin(0, other_cpus)
-    apiserver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.apiserver",
-            "--kubeconfig",
-            str(root / "kubeconfig"),
-            "--seed",
-            str(root / "seed.json"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    port, metrics = free_port(), free_port()
-    webhook: subprocess.Popen[bytes] | None = None
+    apiserver = standalone_apiserver(kubeconfig=root / "kubeconfig", seed=root / "seed.json")
+    webhook: WebhookProcess | None = None
     try:
         while not (root / "kubeconfig").exists():
             await asyncio.sleep(0.05)
-        with (root / "webhook.log").open("wb") as log:
-            webhook = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dra_driver",
-                    "webhook",
-                    "--kubeconfig",
-                    str(root / "kubeconfig"),
-                    "--address",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--metrics-port",
-                    str(metrics),
-                    "--shutdown-delay",
-                    "0",
-                    "--log-format",
-                    "json",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        pinned = _pin(webhook.pid, webhook_cpus)
-        await _ready(metrics, webhook, root / "webhook.log")
+        webhook = WebhookProcess(root=root, kubeconfig=root / "kubeconfig")
+        pinned = _pin(webhook.proc.pid, webhook_cpus)
+        await webhook.ready()
         kubeconfig = json.loads((root / "kubeconfig").read_text())
-        target = Target(port=port, ca_pem=await _ca(kubeconfig), body=_review())
-        idle_rss = rss_mib(webhook.pid)
+        target = Target(port=webhook.port, ca_pem=await _ca(kubeconfig), body=_review())
+        idle_rss = rss_mib(webhook.proc.pid)
         results = [
             await scenario(
-                target, clients=clients, keep_alive=keep_alive, seconds=seconds, pid=webhook.pid
+                target,
+                clients=clients,
+                keep_alive=keep_alive,
+                seconds=seconds,
+                pid=webhook.proc.pid,
             )
             for keep_alive in (True, False)
             for clients in CLIENTS
@@ -206,34 +175,19 @@ async def run(*, seconds: float) -> dict[str, Any]:
             "machine": {"cpus": len(cpus), "webhook_pinned_to_one_cpu": pinned},
             "seconds_per_scenario": seconds,
             "scenarios": results,
-            "rss_mib": {"idle": round(idle_rss, 1), "after": round(rss_mib(webhook.pid), 1)},
+            "rss_mib": {"idle": round(idle_rss, 1), "after": round(rss_mib(webhook.proc.pid), 1)},
             "yardstick": YARDSTICK,
         }
     finally:
-        for process in (webhook, apiserver):
-            if process is not None:
-                process.terminate()
-                process.wait(15)
+        if webhook is not None:
+            webhook.terminate()
+        apiserver.terminate()
+        apiserver.wait(15)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def _review() -> bytes:
     return json.dumps(objects.admission_review()).encode()
-
-
-async def _ready(metrics: int, webhook: subprocess.Popen[bytes], log: pathlib.Path) -> None:
-    async with asyncio.timeout(30), aiohttp.ClientSession() as http:
-        while True:
-            if webhook.poll() is not None:
-                output = log.read_text(errors="replace")  # noqa: ASYNC240 - it has stopped
-                raise RuntimeError(f"the webhook exited with {webhook.returncode}:\n{output}")
-            try:
-                async with http.get(f"http://127.0.0.1:{metrics}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
 
 
 async def _ca(config: dict[str, Any]) -> str:

@@ -352,3 +352,43 @@ class ControllerProcess(ComponentProcess):
             kubeconfig=kubeconfig,
             args=("--metrics-port", "0", *args),
         )
+
+
+class WebhookProcess(ComponentProcess):
+    """``gvirtus-dra webhook`` on loopback ports of its own, stopping without delay."""
+
+    def __init__(
+        self, *, root: pathlib.Path, kubeconfig: pathlib.Path, args: tuple[str, ...] = ()
+    ) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        super().__init__(
+            command="webhook",
+            root=root,
+            kubeconfig=kubeconfig,
+            args=(
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--shutdown-delay",
+                "0",
+                *args,
+            ),
+        )
+
+    async def ready(self, timeout: float = 30) -> WebhookProcess:
+        """Wait until it serves with a certificate loaded."""
+        await self.wait_ready(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout)
+        return self
+
+
+def standalone_apiserver(
+    *, kubeconfig: pathlib.Path, seed: pathlib.Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The test API server in a process of its own; it writes ``kubeconfig`` once serving."""
+    args = [sys.executable, "-m", "tests.support.apiserver", "--kubeconfig", str(kubeconfig)]
+    if seed is not None:
+        args += ["--seed", str(seed)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL)

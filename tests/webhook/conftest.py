@@ -20,7 +20,7 @@ import pytest
 
 from tests.support import manifests
 from tests.support.apiserver import APIServer
-from tests.support.processes import ComponentProcess, free_port
+from tests.support.processes import WebhookProcess
 
 NAMESPACE = "gvirtus-system"
 SERVICE = "gvirtus-dra-webhook"
@@ -38,33 +38,26 @@ class Webhook:
         self.apiserver = apiserver
         self.root = root
         self.kubeconfig = kubeconfig
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.process: ComponentProcess | None = None
+        self.process: WebhookProcess | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self, *extra: str) -> Webhook:
-        self.process = ComponentProcess(
-            command="webhook",
-            root=self.root,
-            kubeconfig=self.kubeconfig,
-            args=(
-                "--address",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--metrics-port",
-                str(self.metrics_port),
-                "--reload-interval",
-                "1",
-                "--shutdown-delay",
-                "0",
-                *extra,
-            ),
+        self.process = WebhookProcess(
+            root=self.root, kubeconfig=self.kubeconfig, args=("--reload-interval", "1", *extra)
         )
-        await self.process.wait_ready(f"http://127.0.0.1:{self.metrics_port}/readyz")
+        await self.process.ready()
         self.apiserver.admission.services[(NAMESPACE, SERVICE, 443)] = self.port
         return self
+
+    @property
+    def port(self) -> int:
+        assert self.process is not None
+        return self.process.port
+
+    @property
+    def metrics_port(self) -> int:
+        assert self.process is not None
+        return self.process.metrics_port
 
     def stop(self) -> None:
         if self.process is not None:

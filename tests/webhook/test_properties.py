@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.support import objects
 from tests.support.apiserver import APIServer, _validate_pod
-from tests.support.processes import ComponentProcess, free_port
+from tests.support.processes import WebhookProcess
 from tests.webhook.conftest import NAMESPACE, SECRET, SERVER_NAME, configuration
 from webhook import mutate
 
@@ -150,29 +150,13 @@ def client(
     apiserver: APIServer, kubeconfig: pathlib.Path, short_tmp: pathlib.Path
 ) -> Iterator[Client]:
     apiserver.put(configuration())
-    metrics = free_port()
-    port = free_port()
-    process = ComponentProcess(
-        command="webhook",
-        root=short_tmp,
-        kubeconfig=kubeconfig,
-        args=(
-            "--address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            str(metrics),
-            "--shutdown-delay",
-            "0",
-        ),
-    )
+    process = WebhookProcess(root=short_tmp, kubeconfig=kubeconfig)
     try:
-        asyncio.run(process.wait_ready(f"http://127.0.0.1:{metrics}/readyz"))
+        asyncio.run(process.ready())
         secret = apiserver.get("secrets", SECRET, NAMESPACE)
         assert secret is not None
         ca = base64.b64decode(secret["data"]["ca.crt"]).decode()
-        made = Client(port, ssl.create_default_context(cadata=ca))
+        made = Client(process.port, ssl.create_default_context(cadata=ca))
         yield made
         made.connection.close()
     finally:
