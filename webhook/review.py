@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 API_VERSION = "admission.k8s.io/v1"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class BadReview(ValueError):  # noqa: N818 - reads better at the call site than BadReviewError
@@ -61,6 +63,9 @@ def parse(raw: bytes) -> Review:
         or not request["uid"]
     ):
         raise BadReview("the AdmissionReview has no request with a uid")
+    namespace = request.get("namespace") or ""
+    if not isinstance(namespace, str) or (namespace and not _DNS_LABEL.match(namespace)):
+        raise BadReview(f"request.namespace {namespace!r} is not a namespace name")
     kind = request.get("kind")
     if not isinstance(kind, dict):
         kind = {}
@@ -68,7 +73,7 @@ def parse(raw: bytes) -> Review:
     return Review(
         uid=request["uid"],
         operation=str(request.get("operation", "")),
-        namespace=str(request.get("namespace") or ""),
+        namespace=namespace,
         dry_run=request.get("dryRun") is True,
         kind=(str(kind.get("group", "")), str(kind.get("version", "")), str(kind.get("kind", ""))),
         pod=pod if isinstance(pod, dict) else {},

@@ -218,6 +218,11 @@ def _review_with(**changes: Any) -> bytes:
         ),
         pytest.param(_review_without("uid"), "has no request with a uid", id="no-uid"),
         pytest.param(
+            _review_with(request={**objects.admission_review()["request"], "namespace": "a/b"}),
+            "request.namespace 'a/b' is not a namespace name",
+            id="bad-namespace",
+        ),
+        pytest.param(
             b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": '
             + b'"x", "object": "'
             + b"a" * (4 * 1024 * 1024)
