@@ -59,10 +59,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jsonpatch
+import yaml
 from aiohttp import web
 
 from dra_driver.quantity import parse_bytes
-from tests.support import admission, selectors
+from tests.support import admission, apply, selectors
 from webhook import certs
 
 Obj = dict[str, Any]
@@ -221,6 +222,7 @@ def _validate_slice(new: Obj, old: Obj | None) -> list[Cause]:
                 )
             )
         causes += _request_policy_causes(i, device)
+        causes += _binding_causes(i, device)
         if len(device.get("attributes") or {}) + len(device.get("capacity") or {}) > 32:
             causes.append(
                 (
@@ -229,6 +231,27 @@ def _validate_slice(new: Obj, old: Obj | None) -> list[Cause]:
                     "the total number of attributes and capacities must not exceed 32",
                 )
             )
+    return causes
+
+
+def _binding_causes(index: int, device: Obj) -> list[Cause]:
+    causes: list[Cause] = []
+    where = f"spec.devices[{index}]"
+    ready, failure = device.get("bindingConditions"), device.get("bindingFailureConditions")
+    for name, values in (("bindingConditions", ready), ("bindingFailureConditions", failure)):
+        if values and len(values) > 4:
+            message = f"Too many: {len(values)}: must have at most 4 items"
+            causes.append(("FieldValueTooMany", f"{where}.{name}", message))
+    if ready and not failure:
+        message = (
+            "Invalid value: null: bindingFailureConditions are required to use bindingConditions"
+        )
+        causes.append(("FieldValueInvalid", f"{where}.bindingFailureConditions", message))
+    if failure and not ready:
+        message = (
+            "Invalid value: null: bindingConditions are required to use bindingFailureConditions"
+        )
+        causes.append(("FieldValueInvalid", f"{where}.bindingConditions", message))
     return causes
 
 
@@ -322,7 +345,81 @@ def _validate_devices(*path: str) -> Validator:
 
 
 def _validate_claim(new: Obj, old: Obj | None) -> list[Cause]:
-    return _immutable([("spec",)])(new, old) or _validate_devices("spec", "devices")(new, old)
+    return (
+        _immutable([("spec",)])(new, old)
+        or _validate_devices("spec", "devices")(new, old)
+        or _validate_device_status(new)
+    )
+
+
+_CONDITION_TYPE = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_CONDITION_REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+
+
+def _validate_device_status(claim: Obj) -> list[Cause]:
+    """``status.devices``: allocated devices only, valid conditions, small data (1.36 rules)."""
+    allocated = {
+        (r.get("driver"), r.get("pool"), r.get("device"), r.get("shareID") or "")
+        for r in _dig(claim, "status", "allocation", "devices", "results") or []
+    }
+    causes: list[Cause] = []
+    for i, entry in enumerate(_dig(claim, "status", "devices") or []):
+        where = f"status.devices[{i}]"
+        key = (
+            entry.get("driver"),
+            entry.get("pool"),
+            entry.get("device"),
+            entry.get("shareID") or "",
+        )
+        if key not in allocated:
+            shown = json.dumps(
+                dict(zip(("Driver", "Pool", "Device", "ShareID"), key, strict=True)),
+                separators=(",", ":"),
+            )
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    where,
+                    f"Invalid value: {shown}: must be an allocated device in the claim",
+                )
+            )
+        conditions = entry.get("conditions") or []
+        if len(conditions) > 8:
+            message = f"Too many: {len(conditions)}: must have at most 8 items"
+            causes.append(("FieldValueTooMany", f"{where}.conditions", message))
+        for j, condition in enumerate(conditions):
+            at = f"{where}.conditions[{j}]"
+            if condition.get("status") not in ("True", "False", "Unknown"):
+                message = (
+                    f'Unsupported value: "{condition.get("status")}": supported values: '
+                    '"False", "True", "Unknown"'
+                )
+                causes.append(("FieldValueNotSupported", f"{at}.status", message))
+            if not _CONDITION_TYPE.match(str(condition.get("type", ""))):
+                causes.append(
+                    ("FieldValueInvalid", f"{at}.type", "Invalid value: not a condition type")
+                )
+            if not condition.get("lastTransitionTime"):
+                causes.append(("FieldValueRequired", f"{at}.lastTransitionTime", "Required value"))
+            reason = condition.get("reason")
+            if not reason:
+                causes.append(("FieldValueRequired", f"{at}.reason", "Required value"))
+            elif not _CONDITION_REASON.match(str(reason)) or len(str(reason)) > 1024:
+                causes.append(("FieldValueInvalid", f"{at}.reason", f'Invalid value: "{reason}"'))
+        data = entry.get("data")
+        if data is not None and (
+            not isinstance(data, dict) or len(json.dumps(data, separators=(",", ":"))) > 10 * 1024
+        ):
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    f"{where}.data",
+                    "Invalid value: must be a JSON object of at most 10 KiB",
+                )
+            )
+    return causes
 
 
 def _validate_pod(new: Obj, old: Obj | None) -> list[Cause]:
@@ -1002,6 +1099,9 @@ class APIServer:
                 return web.json_response(updated)
             if method == "PATCH":
                 raw = await request.read()
+                if request.content_type == "application/apply-patch+yaml":
+                    applied, created = self._apply(kind, namespace, name, raw, sub, query)
+                    return web.json_response(applied, status=201 if created else 200)
                 patched = self._patch(
                     kind, namespace, name, raw, request.content_type, sub, dry_run=_dry_run(query)
                 )
@@ -1232,8 +1332,13 @@ class APIServer:
         sub: str | None,
         *,
         dry_run: bool = False,
+        managed_fields: list[Obj] | None = None,
     ) -> Obj:
-        """Merge ``body`` over ``old`` the way the subresource allows, validate, commit."""
+        """Merge ``body`` over ``old`` the way the subresource allows, validate, commit.
+
+        ``managedFields`` are kept from ``old`` unless the body sets them (or an
+        apply passes its own).
+        """
         if sub == "status":
             new = copy.deepcopy(old)
             if "status" in body:
@@ -1261,6 +1366,10 @@ class APIServer:
                 else:
                     new.pop("status", None)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if managed_fields is not None:
+            new["metadata"]["managedFields"] = managed_fields
+        elif "managedFields" in old["metadata"] and "managedFields" not in new["metadata"]:
+            new["metadata"]["managedFields"] = old["metadata"]["managedFields"]
         if kind.strategy is not None and sub is None:
             kind.strategy(new, old, self.disabled_features)
         if new == old:
@@ -1286,12 +1395,6 @@ class APIServer:
         *,
         dry_run: bool = False,
     ) -> Obj:
-        if content_type == "application/apply-patch+yaml":
-            raise APIError(
-                415,
-                "UnsupportedMediaType",
-                "the test API server does not implement server-side apply yet",
-            )
         try:
             patch = json.loads(raw)
         except ValueError as exc:
@@ -1329,6 +1432,80 @@ class APIServer:
                 raise APIError(422, "Invalid", "patch did not produce an object")
             patched.setdefault("metadata", {})
             return self._write(kind, key, old, patched, sub, dry_run=dry_run)
+
+    def _apply(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        raw: bytes,
+        sub: str | None,
+        query: Mapping[str, str],
+    ) -> tuple[Obj, bool]:
+        """Server-side apply (see :mod:`tests.support.apply`); True when it created."""
+        manager = query.get("fieldManager")
+        if not manager:
+            raise APIError(
+                400,
+                "BadRequest",
+                "PATCH, application/apply-patch+yaml requests must have a fieldManager",
+            )
+        try:
+            applied = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise APIError(400, "BadRequest", f"error decoding YAML: {exc}") from exc
+        if not isinstance(applied, dict):
+            raise APIError(400, "BadRequest", "the applied configuration must be an object")
+        if applied.get("kind") != kind.kind or applied.get("apiVersion") != kind.api_version:
+            raise APIError(
+                400,
+                "BadRequest",
+                f"the API version in the data ({applied.get('apiVersion')}) does not match "
+                f"the expected API version ({kind.api_version})",
+            )
+        meta = applied.get("metadata") or {}
+        if meta.get("name") not in (None, name):
+            raise APIError(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) does not match "
+                f"the name on the URL ({name})",
+            )
+        key = self._key(kind, namespace, name)
+        dry_run = _dry_run(query)
+        with self.store.lock:
+            old = self.store.objects.get(key)
+            if old is None:
+                if sub is not None:
+                    raise _not_found(kind, name)
+                body = apply.apply(
+                    {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {"name": name}},
+                    applied,
+                    manager=manager,
+                    subresource=None,
+                    now=_now(),
+                )
+                return self._create(kind, namespace, body, dry_run=dry_run), True
+            if meta.get("uid") and meta["uid"] != old["metadata"]["uid"]:
+                raise _conflict(
+                    kind,
+                    name,
+                    f"Precondition failed: UID in precondition: {meta['uid']}, "
+                    f"UID in object meta: {old['metadata']['uid']}",
+                )
+            result = apply.apply(old, applied, manager=manager, subresource=sub, now=_now())
+            return (
+                self._write(
+                    kind,
+                    key,
+                    old,
+                    result,
+                    sub,
+                    dry_run=dry_run,
+                    managed_fields=result["metadata"]["managedFields"],
+                ),
+                False,
+            )
 
     def _delete(self, kind: Kind, namespace: str | None, name: str, raw: bytes) -> Obj:
         options = json.loads(raw) if raw.strip() else {}
