@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import manifests, rbac
 from tests.support.apiserver import APIServer
 from tests.support.processes import PluginDirs
 
@@ -36,11 +37,26 @@ def short_tmp() -> Iterator[pathlib.Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+COMPONENT_ROLES = {
+    "controller": ("manifests/controller.yaml", "gvirtus-dra-controller"),
+    "kubelet-plugin": ("manifests/kubelet-plugin.yaml", "gvirtus-dra-kubelet-plugin"),
+    "webhook": ("manifests/webhook.yaml", "gvirtus-dra-webhook"),
+    "labeler": ("manifests/labeler.yaml", "gvirtus-dra-labeler"),
+}
+
+
 @pytest.fixture
 def apiserver(short_tmp: pathlib.Path) -> Iterator[APIServer]:
+    """The test API server; afterwards, every component's requests must fit its shipped RBAC."""
     server = APIServer(tls_dir=short_tmp / "apiserver-tls", bookmark_interval=0.5).start()
     yield server
     server.stop()
+    for component, (path, account) in COMPONENT_ROLES.items():
+        allowed = rbac.permissions(
+            manifests.load(path), account=account, namespace="gvirtus-system"
+        )
+        missing = rbac.denied(server.requests, component=component, allowed=allowed)
+        assert missing == [], f"{path} does not let the {component} {missing}"
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from dra_driver.models import GPU, Inventory
 from dra_driver.quantity import format_bytes
 
 FRONTEND_LABEL = "gvirtus.io/frontend.allowed"
+READY_CONDITION = "gvirtus.io/BackendReady"
+FAILURE_CONDITION = "gvirtus.io/BackendUnavailable"
 UNHEALTHY_TAINT = "gvirtus.io/unhealthy"
 OVERLOADED_TAINT = "gvirtus.io/overloaded"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "gvirtus-dra-controller")
@@ -43,6 +45,7 @@ class Features:
 
     taints: bool = True
     capacity: bool = True
+    binding: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class DevicePolicy:
     capacity_min: int = 1024**3
     capacity_step: int = 1024**3
     fallback: Sharing = Sharing.EXCLUSIVE
+    binding_conditions: bool = False
+    binds_to_node: bool = False
 
     def effective(self, features: Features) -> Sharing:
         """The sharing actually used: capacity falls back where the server cannot keep it."""
@@ -169,6 +174,11 @@ def devices(
             device: Obj = {"name": name, "attributes": shared, **fields}
             if features.taints and (taints := _taints(name, verdict, taint_times, now)):
                 device["taints"] = taints
+            if policy.binding_conditions and features.binding:
+                device["bindingConditions"] = [READY_CONDITION]
+                device["bindingFailureConditions"] = [FAILURE_CONDITION]
+                if policy.binds_to_node:
+                    device["bindsToNode"] = True
             found.append(device)
     return found
 

@@ -22,6 +22,9 @@ from typing import Any
 from prometheus_client import Gauge, Histogram
 
 from dra_driver.controller import pools
+from dra_driver.controller.binding import Endpoint, endpoint_of
+from dra_driver.controller.claims import CLAIMS_PATH, ClaimIndex
+from dra_driver.controller.claimstatus import ClaimStatus
 from dra_driver.controller.health import Thresholds, Verdict, judge
 from dra_driver.controller.poller import AgentState, Poller
 from dra_driver.controller.pools import DevicePolicy, Features, NodeInfo
@@ -129,7 +132,24 @@ class Reconciler:
             capacity_min=parse_bytes(settings.capacity_min),
             capacity_step=parse_bytes(settings.capacity_step),
             fallback=settings.capacity_fallback,
+            binding_conditions=settings.binding_conditions,
+            binds_to_node=settings.binds_to_node,
         )
+        self.claims = ClaimIndex(driver=settings.driver_name)
+        self.status = ClaimStatus(
+            kube=kube,
+            driver=settings.driver_name,
+            claims=self.claims,
+            endpoints=self._endpoint,
+            verdicts=self._verdict,
+            events=events,
+            binding_timeout=settings.binding_timeout,
+            confirm_timeout=settings.confirm_timeout,
+            concurrency=settings.status_concurrency,
+            clock=clock,
+            wall=wall,
+        )
+        self._endpoints: tuple[int, dict[tuple[str, str], Endpoint]] = (-1, {})
         self.thresholds = Thresholds(settings.max_connections, settings.max_utilization)
         self.features = Features()
         self.states: dict[str, AgentState] = {}
@@ -167,6 +187,13 @@ class Reconciler:
                 resource="resourceslices",
                 label_selector=self.slices.label_selector,
             ),
+            list_watch(
+                kube=self.kube,
+                path=CLAIMS_PATH,
+                consumer=self.claims,
+                component=COMPONENT,
+                resource="resourceclaims",
+            ),
         ]
         tasks = [asyncio.create_task(w) for w in watches]
         try:
@@ -177,6 +204,9 @@ class Reconciler:
             while True:
                 started = self.clock()
                 await self.round()
+                if len(tasks) == len(watches):
+                    tasks.append(asyncio.create_task(self.status.run()))  # verdicts known now
+                self.status.poke()
                 if self.clock() - probed > REPROBE_EVERY:
                     await self._probe()
                     probed = self.clock()
@@ -186,6 +216,26 @@ class Reconciler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.poller.close()
+
+    def _endpoint(self, pool: str, device: str) -> Endpoint | None:
+        """The published endpoint of a device (rebuilt only when slices changed)."""
+        version, found = self._endpoints
+        if version != self.slices.version:
+            found = {
+                (obj["spec"]["pool"]["name"], d["name"]): e
+                for obj in self.slices.items.values()
+                for d in obj["spec"].get("devices") or []
+                if (e := endpoint_of(d)) is not None
+            }
+            self._endpoints = (self.slices.version, found)
+        return found.get((pool, device))
+
+    def _verdict(self, pool: str, index: int) -> Verdict | None:
+        """The current verdict on a GPU; None until its agent has answered."""
+        state = self.states.get(pool)
+        if state is None or state.inventory is None:
+            return None
+        return self.verdicts.get(pool, {}).get(index)
 
     async def _probe(self) -> None:
         try:
@@ -206,6 +256,11 @@ class Reconciler:
         if self.features.taints and not features.taints:
             lost.append(
                 "device taints (DRADeviceTaints): unhealthy GPUs are left out of their pool"
+            )
+        if self.features.binding and not features.binding and self.policy.binding_conditions:
+            lost.append(
+                "binding conditions (DRADeviceBindingConditions): pods are bound without "
+                "waiting for their backend to be confirmed; claim status is still recorded"
             )
         if self.features.capacity and not features.capacity:
             lost.append(

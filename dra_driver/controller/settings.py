@@ -97,6 +97,30 @@ class ControllerSettings(Settings):
         10, ge=1, le=600, description="seconds the leader retries renewing"
     )
     retry_period: float = Field(2, ge=0.2, le=60, description="seconds between Lease attempts")
+    binding_conditions: bool = Field(
+        True,
+        description=(
+            "publish devices with binding conditions, so the scheduler binds a pod only "
+            "after its backend is confirmed (where the API server keeps the fields)"
+        ),
+    )
+    binds_to_node: bool = Field(
+        False,
+        description="with binding conditions, pin each allocation to the node the pod is bound to",
+    )
+    binding_timeout: float = Field(
+        60,
+        ge=1,
+        le=590,
+        description=(
+            "seconds a claim may wait for its backend to be confirmed before it gets the "
+            "failure condition (the scheduler itself gives up after 600)"
+        ),
+    )
+    confirm_timeout: float = Field(
+        2, gt=0, le=30, description="seconds a backend has to accept the confirming connection"
+    )
+    status_concurrency: int = Field(16, ge=1, le=256, description="claim status writes in flight")
     write_concurrency: int = Field(16, ge=1, le=256, description="ResourceSlice writes in flight")
     poll_concurrency: int = Field(256, ge=1, le=4096, description="inventory polls in flight")
     metrics_port: int = Field(

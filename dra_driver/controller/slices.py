@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
 from prometheus_client import Counter
 
-from dra_driver.controller.pools import MANAGED_BY, Features, NodeInfo, slice_object
+from dra_driver.controller.pools import (
+    FAILURE_CONDITION,
+    MANAGED_BY,
+    READY_CONDITION,
+    Features,
+    NodeInfo,
+    slice_object,
+)
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.index import Index
@@ -52,8 +60,11 @@ def dropped_features(sent: Obj, stored: Obj, features: Features) -> tuple[Featur
     for device in (sent.get("spec") or {}).get("devices") or []:
         answer = stored_devices.get(device["name"], {})
         if device.get("taints") and not answer.get("taints") and kept.taints:
-            kept = Features(taints=False, capacity=kept.capacity)
+            kept = dataclasses.replace(kept, taints=False)
             dropped.append("device taints (DRADeviceTaints)")
+        if device.get("bindingConditions") and not answer.get("bindingConditions") and kept.binding:
+            kept = dataclasses.replace(kept, binding=False)
+            dropped.append("binding conditions (DRADeviceBindingConditions)")
         policy = (device.get("capacity") or {}).get("memory", {}).get("requestPolicy")
         answered = (answer.get("capacity") or {}).get("memory", {}).get("requestPolicy")
         if (
@@ -61,7 +72,7 @@ def dropped_features(sent: Obj, stored: Obj, features: Features) -> tuple[Featur
             and kept.capacity
             and (not answer.get("allowMultipleAllocations") or not answered)
         ):
-            kept = Features(taints=kept.taints, capacity=False)
+            kept = dataclasses.replace(kept, capacity=False)
             dropped.append("consumable capacity (DRAConsumableCapacity)")
     return kept, dropped
 
@@ -268,6 +279,8 @@ async def probe_features(kube: KubeClient, *, driver: str) -> Features:
             }
         },
         "taints": [{"key": "gvirtus.io/probe", "value": "probe", "effect": "NoSchedule"}],
+        "bindingConditions": [READY_CONDITION],
+        "bindingFailureConditions": [FAILURE_CONDITION],
     }
     probe = {
         "apiVersion": "resource.k8s.io/v1",

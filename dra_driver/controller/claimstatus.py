@@ -1,0 +1,311 @@
+"""Writing our entries of claims' ``status.devices``: server-side apply, retried, never lost.
+
+The controller is the only writer (node plugins must not hold the cluster-wide
+permission that label-selected allocations need). For each claim it applies the
+complete set of this driver's entries with field manager ``gvirtus-dra-controller``:
+entries of other drivers and every other field belong to other managers and are
+left alone, and an entry of ours the claim no longer has is removed by the apply
+itself. The apply names the claim's uid, so a claim deleted and created again
+under the same name is never written with the old one's status.
+
+A sweep runs whenever a claim changes, after every poll round (health may have
+changed) and once a second (for timeouts). Each claim is handled by one task at a
+time; a failed write backs off exponentially per claim; a claim the server no
+longer has is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from dra_driver.controller import binding
+from dra_driver.controller.binding import Assessment, Endpoint, Step
+from dra_driver.controller.claims import Claim, ClaimIndex, Entry
+from dra_driver.controller.health import Verdict
+from dra_driver.kube import errors
+from dra_driver.kube.client import KubeClient
+from dra_driver.kube.events import EventRecorder, Regarding
+from dra_driver.kube.index import object_key
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "gvirtus-dra-controller"
+WRITES = Counter(
+    "gvirtus_dra_controller_claim_status_writes_total",
+    "Applies of claim device status, by result.",
+    ["result"],
+)
+for _result in ("ok", "gone", "conflict", "invalid", "error"):
+    WRITES.labels(_result)
+DECISIONS = Counter(
+    "gvirtus_dra_controller_binding_decisions_total",
+    "Claims waiting on binding conditions, by decision.",
+    ["decision"],
+)
+for _decision in ("ready", "failed", "timeout"):
+    DECISIONS.labels(_decision)
+DECISION_SECONDS = Histogram(
+    "gvirtus_dra_controller_binding_decision_seconds",
+    "From seeing a waiting allocation to writing its decision.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+Obj = dict[str, Any]
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    until: float = 0.0
+
+
+@dataclass
+class ClaimStatus:
+    """Keeps every allocated claim's entries of this driver true."""
+
+    kube: KubeClient
+    driver: str
+    claims: ClaimIndex
+    endpoints: Callable[[str, str], Endpoint | None]
+    """(pool, device) → the published device's endpoint."""
+    verdicts: Callable[[str, int], Verdict | None]
+    """(pool, GPU index) → the controller's verdict, None while unknown."""
+    events: EventRecorder
+    binding_timeout: float = 60.0
+    confirm_timeout: float = 2.0
+    concurrency: int = 16
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    dial: Callable[..., Any] = binding.dial
+    _busy: set[str] = field(default_factory=set)
+    _backoff: dict[str, _Backoff] = field(default_factory=dict)
+    _first_seen: dict[tuple[str, tuple[str, str, str]], float] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._limit = asyncio.Semaphore(self.concurrency)
+
+    def poke(self) -> None:
+        """Health may have changed: look at every claim again soon."""
+        self.claims.changed.set()
+
+    async def run(self) -> None:
+        """Sweep on every change and every second, until cancelled."""
+        try:
+            while True:
+                self.claims.changed.clear()
+                self.sweep()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.claims.changed.wait(), 1.0)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def sweep(self) -> None:
+        """Start a task for each claim that is neither being handled nor backing off."""
+        now = self.clock()
+        live = set(self.claims.items)
+        for key in set(self._backoff) - live:
+            del self._backoff[key]
+        self._first_seen = {k: v for k, v in self._first_seen.items() if k[0] in live}
+        for key, claim in list(self.claims.items.items()):
+            if key in self._busy or self._backoff.get(key, _Backoff()).until > now:
+                continue
+            self._busy.add(key)
+            task = asyncio.create_task(self._settle(key, claim))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, key: str, claim: Claim) -> None:
+        try:
+            async with self._limit:
+                await self._settle_one(key, claim)
+        except Exception:  # one claim's bug must not stop the others
+            log.exception("updating the status of claim %s failed", key)
+            self._fail(key)
+        finally:
+            self._busy.discard(key)
+
+    async def _settle_one(self, key: str, claim: Claim) -> None:
+        now = self.clock()
+        desired: list[tuple[tuple[str, str, str], Entry]] = []
+        decided: list[Assessment] = []
+        for device in claim.devices:
+            first = self._first_seen.setdefault((key, device.key), now)
+            waited = now - first
+            if claim.allocated_at is not None:
+                waited = max(waited, self.wall() - claim.allocated_at)
+            endpoint = self.endpoints(device.pool, device.device)
+            verdict = self.verdicts(device.pool, endpoint.index) if endpoint is not None else None
+            current = claim.entry(device.key)
+            assessment = binding.assess(
+                device=device,
+                current=current,
+                endpoint=endpoint,
+                verdict=verdict,
+                waited=waited,
+                timeout=self.binding_timeout,
+            )
+            if assessment.step is Step.CONFIRM:
+                assert endpoint is not None
+                problem = await binding.dial(
+                    endpoint.address, endpoint.port, timeout=self.confirm_timeout
+                )
+                assessment = binding.confirmed(endpoint, problem)
+            if assessment.step is Step.WRITE:
+                assert assessment.entry is not None
+                desired.append((device.key, assessment.entry))
+                if device.waits and (current is None or not current.confirmed):
+                    decided.append(assessment)
+            elif current is not None:
+                desired.append((device.key, current))
+        if _same(desired, claim):
+            return
+        if await self._apply(key, claim, desired):
+            await self._report(key, claim, decided, now)
+
+    async def _apply(
+        self, key: str, claim: Claim, desired: list[tuple[tuple[str, str, str], Entry]]
+    ) -> bool:
+        stamp = datetime.datetime.fromtimestamp(self.wall(), datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        body = {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": {"name": claim.name, "namespace": claim.namespace, "uid": claim.uid},
+            "status": {
+                "devices": [
+                    _entry_object(self.driver, device, entry, claim.entry(device), stamp)
+                    for device, entry in desired
+                ]
+            },
+        }
+        path = (
+            f"/apis/resource.k8s.io/v1/namespaces/{claim.namespace}/resourceclaims/"
+            f"{claim.name}/status"
+        )
+        try:
+            answer = await self.kube.request(
+                "PATCH",
+                path,
+                body=body,
+                content_type="application/apply-patch+yaml",
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            )
+        except errors.NotFoundError:
+            WRITES.labels("gone").inc()
+            self.claims.forget(key)
+            return False
+        except errors.ConflictError as exc:
+            # The uid no longer matches: deleted and created again. The new claim's watch
+            # event replaces this record before the retry.
+            WRITES.labels("conflict").inc()
+            self._fail(key)
+            log.info("claim %s changed identity (%s); retrying", key, exc.message)
+            return False
+        except errors.InvalidError as exc:
+            WRITES.labels("invalid").inc()
+            log.warning("the API server refused the status of claim %s: %s", key, exc.message)
+            self._fail(key)
+            return False
+        except errors.KubeError as exc:
+            WRITES.labels("error").inc()
+            delay = self._fail(key)
+            log.warning(
+                "writing the status of claim %s failed (retrying in %.1fs): %s",
+                key,
+                delay,
+                exc.message,
+            )
+            return False
+        WRITES.labels("ok").inc()
+        self._backoff.pop(key, None)
+        record = self.claims.extract(answer)
+        if record is not None and object_key(answer) == key:
+            self.claims.items[key] = record
+        return True
+
+    def _fail(self, key: str) -> float:
+        backoff = self._backoff.setdefault(key, _Backoff())
+        delay = min(30.0, 0.5 * 2.0**backoff.failures)
+        backoff.failures += 1
+        backoff.until = self.clock() + delay
+        return delay
+
+    async def _report(
+        self, key: str, claim: Claim, decided: list[Assessment], started: float
+    ) -> None:
+        for assessment in decided:
+            assert assessment.entry is not None
+            ready = assessment.entry.conditions[0]
+            outcome = (
+                "timeout" if assessment.timed_out else "failed" if assessment.failed else "ready"
+            )
+            DECISIONS.labels(outcome).inc()
+            firsts = [v for (k, _), v in self._first_seen.items() if k == key]
+            DECISION_SECONDS.observe(max(0.0, started - min(firsts, default=started)))
+            if assessment.failed:
+                log.warning(
+                    "backend of claim %s cannot serve: %s",
+                    key,
+                    ready.message,
+                    extra={"reason": ready.reason},
+                )
+                await self.events.record(
+                    Regarding(
+                        "ResourceClaim",
+                        claim.name,
+                        uid=claim.uid,
+                        namespace=claim.namespace,
+                        api_version="resource.k8s.io/v1",
+                    ),
+                    warning=True,
+                    reason="GVirtuSBackendUnavailable",
+                    message=f"{ready.reason}: {ready.message}; the scheduler will look elsewhere",
+                )
+            else:
+                log.info("backend of claim %s confirmed: %s", key, ready.message)
+
+
+def _same(desired: list[tuple[tuple[str, str, str], Entry]], claim: Claim) -> bool:
+    wanted = {key: (e.conditions, e.data) for key, e in desired}
+    held = {key: (e.conditions, e.data) for key, e in claim.entries}
+    return wanted == held
+
+
+def _entry_object(
+    driver: str, key: tuple[str, str, str], entry: Entry, current: Entry | None, stamp: str
+) -> Obj:
+    pool, device, share_id = key
+    since = dict(current.since) if current is not None else {}
+    conditions = []
+    for condition in entry.conditions:
+        before = current.condition(condition.type) if current is not None else None
+        unchanged = before is not None and before.status == condition.status
+        conditions.append(
+            {
+                "type": condition.type,
+                "status": condition.status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastTransitionTime": (since.get(condition.type) if unchanged else None) or stamp,
+            }
+        )
+    found: Obj = {"driver": driver, "pool": pool, "device": device}
+    if share_id:
+        found["shareID"] = share_id
+    found["conditions"] = conditions
+    found["data"] = json.loads(entry.data)
+    return found
