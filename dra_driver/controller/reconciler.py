@@ -6,7 +6,8 @@ rendered and published, and writes happen only where the slices differ. A pool
 whose agent pod is gone, for longer than the grace period, is removed; a pool whose
 agent has never answered since this controller started is left as it is (nothing
 known is better than acting blind). After a restart the round finds the published
-slices equal to what it would publish, and writes nothing.
+slices equal to what it would publish, and writes nothing. Claims allocated from
+the pools get their device status from :mod:`claimstatus`, woken after each round.
 """
 
 from __future__ import annotations
