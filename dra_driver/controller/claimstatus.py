@@ -8,10 +8,10 @@ left alone, and an entry of ours the claim no longer has is removed by the apply
 itself. The apply names the claim's uid, so a claim deleted and created again
 under the same name is never written with the old one's status.
 
-A sweep runs whenever a claim changes, after every poll round (health may have
-changed) and once a second (for timeouts). Each claim is handled by one task at a
-time; a failed write backs off exponentially per claim; a claim the server no
-longer has is dropped.
+A sweep runs whenever a claim changes, when a poll round changed a verdict or the
+published devices, and once a second while a decision or a retry is pending. Each
+claim is handled by one task at a time; a failed write backs off exponentially per
+claim; a claim the server no longer has is dropped.
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ class ClaimStatus:
     _busy: set[str] = field(default_factory=set)
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _first_seen: dict[tuple[str, tuple[str, str, str]], float] = field(default_factory=dict)
+    _settled: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Per claim, the inputs its status was last found right for."""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -100,13 +102,14 @@ class ClaimStatus:
         self.claims.changed.set()
 
     async def run(self) -> None:
-        """Sweep on every change and every second, until cancelled."""
+        """Sweep on every change, and every second while a decision is pending."""
         try:
             while True:
                 self.claims.changed.clear()
                 self.sweep()
+                pending = self._backoff or any(map(_undecided, self.claims.items.values()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.claims.changed.wait(), 1.0)
+                    await asyncio.wait_for(self.claims.changed.wait(), 1.0 if pending else None)
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -118,26 +121,43 @@ class ClaimStatus:
         live = set(self.claims.items)
         for key in set(self._backoff) - live:
             del self._backoff[key]
+        for key in set(self._settled) - live:
+            del self._settled[key]
         self._first_seen = {k: v for k, v in self._first_seen.items() if k[0] in live}
         for key, claim in list(self.claims.items.items()):
             if key in self._busy or self._backoff.get(key, _Backoff()).until > now:
                 continue
+            inputs = self._inputs(claim)
+            if self._settled.get(key) == inputs and not _undecided(claim):
+                continue  # nothing it depends on changed: no task, no write
             self._busy.add(key)
-            task = asyncio.create_task(self._settle(key, claim))
+            task = asyncio.create_task(self._settle(key, claim, inputs))
+            task.add_done_callback(lambda _: self.claims.changed.set())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, key: str, claim: Claim) -> None:
+    def _inputs(self, claim: Claim) -> tuple[Any, ...]:
+        """Everything a claim's status is computed from."""
+        found: list[Any] = [claim]
+        for device in claim.devices:
+            endpoint = self.endpoints(device.pool, device.device)
+            verdict = self.verdicts(device.pool, endpoint.index) if endpoint else None
+            found.append((endpoint, verdict.key if verdict else None))
+        return tuple(found)
+
+    async def _settle(self, key: str, claim: Claim, inputs: tuple[Any, ...]) -> None:
         try:
             async with self._limit:
-                await self._settle_one(key, claim)
+                if await self._settle_one(key, claim):
+                    self._settled[key] = inputs
         except Exception:  # one claim's bug must not stop the others
             log.exception("updating the status of claim %s failed", key)
             self._fail(key)
         finally:
             self._busy.discard(key)
 
-    async def _settle_one(self, key: str, claim: Claim) -> None:
+    async def _settle_one(self, key: str, claim: Claim) -> bool:
+        """Bring one claim's entries up to date; False when it must be looked at again."""
         now = self.clock()
         desired: list[tuple[tuple[str, str, str], Entry]] = []
         decided: list[Assessment] = []
@@ -171,9 +191,11 @@ class ClaimStatus:
             elif current is not None:
                 desired.append((device.key, current))
         if _same(desired, claim):
-            return
-        if await self._apply(key, claim, desired):
-            await self._report(key, claim, decided, now)
+            return True
+        if not await self._apply(key, claim, desired):
+            return False
+        await self._report(key, claim, decided, now)
+        return True
 
     async def _apply(
         self, key: str, claim: Claim, desired: list[tuple[tuple[str, str, str], Entry]]
@@ -277,6 +299,15 @@ class ClaimStatus:
                 )
             else:
                 log.info("backend of claim %s confirmed: %s", key, ready.message)
+
+
+def _undecided(claim: Claim) -> bool:
+    """Some device waits on a decision (and so on the clock, for the timeout)."""
+    for device in claim.devices:
+        current = claim.entry(device.key)
+        if device.waits and (current is None or not (current.confirmed or current.failed)):
+            return True
+    return False
 
 
 def _same(desired: list[tuple[tuple[str, str, str], Entry]], claim: Claim) -> bool:

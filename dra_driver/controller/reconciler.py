@@ -151,6 +151,7 @@ class Reconciler:
             wall=wall,
         )
         self._endpoints: tuple[int, dict[tuple[str, str], Endpoint]] = (-1, {})
+        self._status_signature: tuple[Any, ...] = ()
         self.thresholds = Thresholds(settings.max_connections, settings.max_utilization)
         self.features = Features()
         self.states: dict[str, AgentState] = {}
@@ -207,7 +208,7 @@ class Reconciler:
                 await self.round()
                 if len(tasks) == len(watches):
                     tasks.append(asyncio.create_task(self.status.run()))  # verdicts known now
-                self.status.poke()
+                self._poke_status()
                 if self.clock() - probed > REPROBE_EVERY:
                     await self._probe()
                     probed = self.clock()
@@ -217,6 +218,21 @@ class Reconciler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.poller.close()
+
+    def _poke_status(self) -> None:
+        """Wake the claim status writer when a verdict or a published device changed."""
+        signature = (
+            self.slices.version,
+            frozenset(
+                (node, index, verdict.key)
+                for node, verdicts in self.verdicts.items()
+                if (state := self.states.get(node)) is not None and state.inventory is not None
+                for index, verdict in verdicts.items()
+            ),
+        )
+        if signature != self._status_signature:
+            self._status_signature = signature
+            self.status.poke()
 
     def _endpoint(self, pool: str, device: str) -> Endpoint | None:
         """The published endpoint of a device (rebuilt only when slices changed)."""
