@@ -172,33 +172,24 @@ def _assess_waiting(
             else f"the backend agent of {endpoint.node} has not reported"
         )
         message = f"backend not confirmed within {timeout:.0f}s: {why}"
-        return Assessment(
-            Step.WRITE,
-            entry(
-                ready="False", reason="BackendUnconfirmed", message=message, data=data, failed=True
-            ),
-            failed=True,
-            timed_out=True,
-        )
+        return failure("BackendUnconfirmed", message, data, timed_out=True)
     if not verdict.healthy:
         message = f"{endpoint.where} is unhealthy: {verdict.message or verdict.reason}"
-        return Assessment(
-            Step.WRITE,
-            entry(
-                ready="False", reason=camel(verdict.reason), message=message, data=data, failed=True
-            ),
-            failed=True,
-        )
+        return failure(camel(verdict.reason), message, data)
     if verdict.overloaded:
         message = f"{endpoint.where} is overloaded ({verdict.overloaded})"
-        return Assessment(
-            Step.WRITE,
-            entry(
-                ready="False", reason="BackendOverloaded", message=message, data=data, failed=True
-            ),
-            failed=True,
-        )
+        return failure("BackendOverloaded", message, data)
     return Assessment(Step.CONFIRM)
+
+
+def failure(reason: str, message: str, data: Obj, *, timed_out: bool = False) -> Assessment:
+    """Fail the binding: not ready, and the failure condition the scheduler acts on."""
+    return Assessment(
+        Step.WRITE,
+        entry(ready="False", reason=reason, message=message, data=data, failed=True),
+        failed=True,
+        timed_out=timed_out,
+    )
 
 
 def confirmed(endpoint: Endpoint, problem: str | None) -> Assessment:
@@ -213,17 +204,7 @@ def confirmed(endpoint: Endpoint, problem: str | None) -> Assessment:
                 data=endpoint.data,
             ),
         )
-    return Assessment(
-        Step.WRITE,
-        entry(
-            ready="False",
-            reason="BackendUnreachable",
-            message=f"{endpoint.where} {problem}",
-            data=endpoint.data,
-            failed=True,
-        ),
-        failed=True,
-    )
+    return failure("BackendUnreachable", f"{endpoint.where} {problem}", endpoint.data)
 
 
 async def dial(address: str, port: int, *, timeout: float) -> str | None:

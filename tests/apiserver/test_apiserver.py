@@ -11,7 +11,6 @@ import asyncio
 import copy
 import json
 import ssl
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,19 +20,6 @@ from tests.support.apiserver import APIServer, fixture, fixture_object
 
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 CLAIMS = "/apis/resource.k8s.io/v1/namespaces/gvirtus-demo/resourceclaims"
-
-
-@pytest.fixture
-async def http(apiserver: APIServer) -> AsyncIterator[aiohttp.ClientSession]:
-    context = ssl.create_default_context(cadata=apiserver.ca_pem.decode())
-    async with aiohttp.ClientSession(
-        base_url=apiserver.url,
-        headers={"Authorization": f"Bearer {apiserver.token}"},
-        connector=aiohttp.TCPConnector(ssl=context),
-    ) as session:
-        yield session
-    # TLS transports of streams closed mid-way finish closing on the next loop turns.
-    await asyncio.sleep(0.05)
 
 
 async def call(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import ssl
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,17 +15,6 @@ SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 CLAIMS = "/apis/resource.k8s.io/v1/namespaces/gvirtus-demo/resourceclaims"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
-
-
-@pytest.fixture
-async def http(apiserver: APIServer) -> AsyncIterator[aiohttp.ClientSession]:
-    context = ssl.create_default_context(cadata=apiserver.ca_pem.decode())
-    async with aiohttp.ClientSession(
-        base_url=apiserver.url,
-        headers={"Authorization": f"Bearer {apiserver.token}"},
-        connector=aiohttp.TCPConnector(ssl=context),
-    ) as session:
-        yield session
 
 
 async def call(
