@@ -144,7 +144,7 @@ def _pin(pid: int, cpus: set[int]) -> bool:
 async def run(*, seconds: float) -> dict[str, Any]:
     root = pathlib.Path(tempfile.mkdtemp(prefix="gd-bench-wh-", dir="/tmp"))
     (root / "seed.json").write_text(
-        json.dumps([manifests.find("manifests/webhook.yaml", "MutatingWebhookConfiguration")])
+        json.dumps([manifests.find("manifests/base/webhook.yaml", "MutatingWebhookConfiguration")])
     )
     cpus = sorted(os.sched_getaffinity(0))
     webhook_cpus, other_cpus = ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else (set(cpus),) * 2

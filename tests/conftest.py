@@ -38,10 +38,10 @@ def short_tmp() -> Iterator[pathlib.Path]:
 
 
 COMPONENT_ROLES = {
-    "controller": ("manifests/controller.yaml", "gvirtus-dra-controller"),
-    "kubelet-plugin": ("manifests/kubelet-plugin.yaml", "gvirtus-dra-kubelet-plugin"),
-    "webhook": ("manifests/webhook.yaml", "gvirtus-dra-webhook"),
-    "labeler": ("manifests/labeler.yaml", "gvirtus-dra-labeler"),
+    "controller": ("manifests/base/controller.yaml", "gvirtus-dra-controller"),
+    "kubelet-plugin": ("manifests/base/kubelet-plugin.yaml", "gvirtus-dra-kubelet-plugin"),
+    "webhook": ("manifests/base/webhook.yaml", "gvirtus-dra-webhook"),
+    "labeler": ("manifests/base/labeler.yaml", "gvirtus-dra-labeler"),
 }
 
 

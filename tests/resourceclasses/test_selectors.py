@@ -17,6 +17,7 @@ DRIVER = "gpu.gvirtus.io"
 CLASSES = sorted(
     p.relative_to(manifests.ROOT).as_posix()
     for p in (manifests.ROOT / "resourceclasses").rglob("*.yaml")
+    if p.name != "kustomization.yaml"
 )
 
 

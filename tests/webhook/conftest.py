@@ -1,6 +1,6 @@
 """The webhook as a real process behind real TLS, with the test API server.
 
-The API server holds the MutatingWebhookConfiguration from ``manifests/webhook.yaml``
+The API server holds the MutatingWebhookConfiguration from ``manifests/base/webhook.yaml``
 and resolves its Service to the process's port, so a pod POSTed to it goes through
 the webhook exactly as in a cluster; tests can also post AdmissionReviews directly.
 """
@@ -113,7 +113,7 @@ class Webhook:
 
 def configuration() -> dict[str, Any]:
     """The MutatingWebhookConfiguration as installed (no caBundle yet)."""
-    return manifests.find("manifests/webhook.yaml", "MutatingWebhookConfiguration")
+    return manifests.find("manifests/base/webhook.yaml", "MutatingWebhookConfiguration")
 
 
 @pytest.fixture

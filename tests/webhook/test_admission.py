@@ -1,7 +1,7 @@
 """Pods created through the API server pass the webhook as the installed configuration says.
 
 The test API server calls the webhook the way a 1.36 API server does (see
-``tests/support/admission.py``): the configuration is ``manifests/webhook.yaml``,
+``tests/support/admission.py``): the configuration is ``manifests/base/webhook.yaml``,
 trust comes only from the ``caBundle`` the webhook published, and the converted pod
 must pass pod validation afterwards.
 """

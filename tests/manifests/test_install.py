@@ -1,0 +1,403 @@
+"""What `kubectl apply -k manifests/` installs: every workload as the components need it.
+
+These tests read the rendered install, not the files: probes, limits and security
+contexts on every container; each component started with flags its own settings
+accept; the kubelet plugin's host paths mounted where it looks for them; the
+backend agents selected by the controller's own default selector; the webhook
+configured as docs/webhook.md explains; and the admission policy that keeps a
+node's plugin to its node, evaluated on sample requests.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import celpy
+import pytest
+from celpy import celtypes
+
+from dra_driver import cli, config
+from dra_driver.controller.settings import ControllerSettings
+from dra_driver.plugin.settings import PluginSettings
+from tests.support import manifests, selectors
+
+Obj = dict[str, Any]
+WORKLOADS = ("Deployment", "DaemonSet")
+SAMPLE_FIELDS = {
+    "spec.nodeName": "worker-1",
+    "metadata.uid": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+    "metadata.name": "gvirtus-dra-controller-7d9c8-x2v4q",
+    "metadata.namespace": "gvirtus-system",
+    "status.hostIP": "172.18.0.3",
+}
+
+
+def rendered(install: str = "manifests") -> list[Obj]:
+    try:
+        return manifests.render(install)
+    except manifests.KubectlMissingError as exc:
+        pytest.skip(str(exc))
+
+
+def workloads(objects: list[Obj]) -> list[Obj]:
+    return [o for o in objects if o["kind"] in WORKLOADS]
+
+
+def containers(workload: Obj) -> list[Obj]:
+    spec = workload["spec"]["template"]["spec"]
+    return list(spec.get("initContainers") or []) + list(spec["containers"])
+
+
+@pytest.mark.parametrize("install", manifests.INSTALLS)
+def test_every_container_has_probes_limits_and_a_locked_down_context(install: str) -> None:
+    missing = []
+    for workload in workloads(rendered(install)):
+        pod = workload["spec"]["template"]["spec"]
+        for container in containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            resources = container.get("resources") or {}
+            context = container.get("securityContext") or {}
+            seccomp = (
+                context.get("seccompProfile")
+                or pod.get("securityContext", {}).get("seccompProfile")
+                or {}
+            ).get("type")
+            checks = {
+                "cpu and memory requests": {"cpu", "memory"}
+                <= set(resources.get("requests") or {}),
+                "a memory limit": "memory" in (resources.get("limits") or {}),
+                "a readiness probe": "readinessProbe" in container,
+                "a liveness probe": "livenessProbe" in container,
+                "no privilege escalation": context.get("allowPrivilegeEscalation") is False,
+                "a read-only root": context.get("readOnlyRootFilesystem") is True,
+                "no capabilities": (context.get("capabilities") or {}).get("drop") == ["ALL"],
+                "the runtime's seccomp profile": seccomp == "RuntimeDefault",
+                "no privileged mode": not context.get("privileged"),
+            }
+            missing += [f"{where} lacks {what}" for what, ok in checks.items() if not ok]
+    assert missing == []
+
+
+@pytest.mark.parametrize("install", manifests.INSTALLS)
+def test_only_the_kubelet_plugin_runs_as_root(install: str) -> None:
+    as_root = []
+    for workload in workloads(rendered(install)):
+        pod_context = workload["spec"]["template"]["spec"].get("securityContext") or {}
+        for container in containers(workload):
+            merged = {**pod_context, **(container.get("securityContext") or {})}
+            if not merged.get("runAsNonRoot") or merged.get("runAsUser") == 0:
+                as_root.append(workload["metadata"]["name"])
+    assert as_root == ["gvirtus-dra-kubelet-plugin"]
+
+
+def _configmap_files(objects: list[Obj], workload: Obj, root: pathlib.Path) -> dict[str, str]:
+    """Write the workload's ConfigMap volumes under ``root``; mount path → local path."""
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes") or []}
+    moved = {}
+    for container in containers(workload):
+        for mount in container.get("volumeMounts") or []:
+            source = volumes[mount["name"]].get("configMap")
+            if source is None:
+                continue
+            data = manifests.pick(objects, "ConfigMap", source["name"])["data"]
+            folder = root / mount["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, text in data.items():
+                (folder / name).write_text(text)
+            moved[mount["mountPath"]] = str(folder)
+    return moved
+
+
+@pytest.mark.parametrize("install", manifests.INSTALLS)
+def test_every_component_starts_with_settings_it_accepts(
+    install: str, tmp_path: pathlib.Path
+) -> None:
+    objects = rendered(install)
+    started = []
+    for workload in workloads(objects):
+        moved = _configmap_files(objects, workload, tmp_path / workload["metadata"]["name"])
+        for container in containers(workload):
+            args = list(container["args"])
+            for mount, local in moved.items():
+                args = [a.replace(mount, local) for a in args]
+            environ = {
+                e["name"]: e.get("value") or SAMPLE_FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]]
+                for e in container.get("env") or []
+            }
+            parsed = cli.build_parser().parse_args(args)
+            model = cli.COMMANDS[parsed.command][1]()[0]
+            config.load(model, args=parsed, environ=environ)  # raises on any bad setting
+            started.append(parsed.command)
+    assert sorted(started) == [
+        "backend-agent",
+        "controller",
+        "kubelet-plugin",
+        "labeler",
+        "webhook",
+    ]
+
+
+def test_the_kubelet_plugin_sees_the_host_paths_where_the_kubelet_has_them() -> None:
+    plugin = manifests.pick(rendered(), "DaemonSet", "gvirtus-dra-kubelet-plugin")
+    pod = plugin["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    defaults = PluginSettings.model_fields
+
+    assert mounted == host, "each host path at the same path inside"
+    assert set(host.values()) == {
+        str(defaults["kubelet_registry_dir"].default),
+        f"{defaults['kubelet_plugins_dir'].default}/gpu.gvirtus.io",
+        str(defaults["cdi_root"].default),
+    }
+    env = {
+        e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        for e in container["env"]
+    }
+    assert env["GVIRTUS_DRA_POD_UID"] == "metadata.uid", "pod-UID socket names for upgrades"
+    assert plugin["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert pod["nodeSelector"] == {"gvirtus.io/frontend.allowed": "true"}
+
+
+@pytest.mark.parametrize(
+    ("install", "requirements"),
+    [
+        pytest.param(
+            "manifests",
+            {("gvirtus.io/backend.allowed", "true"), ("nvidia.com/gpu.present", "true")},
+            id="gpu-nodes",
+        ),
+        pytest.param(
+            "manifests/overlays/simulator",
+            {("gvirtus.io/backend.allowed", "true")},
+            id="simulator",
+        ),
+    ],
+)
+def test_backend_agents_run_on_backend_nodes_and_the_controller_finds_them(
+    install: str, requirements: set[tuple[str, str]]
+) -> None:
+    agent = manifests.pick(rendered(install), "DaemonSet", "gvirtus-dra-backend-agent")
+    pod = agent["spec"]["template"]
+    (term,) = pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    found = {(e["key"], e["values"][0]) for e in term["matchExpressions"] if e["operator"] == "In"}
+    wanted = selectors.parse_labels(ControllerSettings.model_fields["agent_selector"].default)
+
+    assert found == requirements
+    assert pod["spec"]["hostNetwork"] is True
+    assert selectors.labels_match(wanted, pod)
+
+
+def test_each_workload_runs_as_an_account_the_install_creates() -> None:
+    objects = rendered()
+    accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
+    used = {w["spec"]["template"]["spec"]["serviceAccountName"] for w in workloads(objects)}
+
+    assert used == accounts
+
+
+def test_replicated_components_survive_losing_a_pod() -> None:
+    objects = rendered()
+    controller = manifests.pick(objects, "Deployment", "gvirtus-dra-controller")
+    webhook = manifests.pick(objects, "Deployment", "gvirtus-dra-webhook")
+    budget = manifests.pick(objects, "PodDisruptionBudget", "gvirtus-dra-webhook")
+
+    assert controller["spec"]["replicas"] == webhook["spec"]["replicas"] == 2
+    assert budget["spec"]["minAvailable"] == 1
+    assert selectors.labels_match(
+        selectors.from_label_selector(budget["spec"]["selector"]), webhook["spec"]["template"]
+    )
+
+
+def test_the_kubelet_plugin_may_write_nothing() -> None:
+    objects = rendered()
+    role = manifests.pick(objects, "ClusterRole", "gvirtus-dra-kubelet-plugin")
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+
+    assert verbs <= {"get", "list", "watch"}
+
+
+def test_the_webhook_configuration_matches_what_the_webhook_serves() -> None:
+    objects = rendered()
+    configuration = manifests.pick(objects, "MutatingWebhookConfiguration")
+    service = manifests.pick(objects, "Service", "gvirtus-dra-webhook")
+    (hook,) = configuration["webhooks"]
+    client = hook["clientConfig"]["service"]
+
+    assert configuration["metadata"]["name"] == "gvirtus-dra-webhook"
+    assert (client["name"], client["namespace"], client["path"], client["port"]) == (
+        service["metadata"]["name"],
+        "gvirtus-system",
+        "/mutate",
+        443,
+    )
+    assert [r["operations"] for r in hook["rules"]] == [["CREATE"]]
+    assert hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["timeoutSeconds"] <= 10
+    assert hook["objectSelector"] == {"matchLabels": {"gvirtus.io/enabled": "true"}}
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]
+    assert excluded["operator"] == "NotIn"
+    assert set(excluded["values"]) == {"gvirtus-system", "kube-system"}
+
+
+# -- the admission policy, evaluated -------------------------------------------------------
+
+PLUGIN = "system:serviceaccount:gvirtus-system:gvirtus-dra-kubelet-plugin"
+
+
+def _cel(value: Any) -> Any:
+    return celpy.json_to_cel(value)
+
+
+def admit(request: Obj, obj: Obj | None, old: Obj | None = None) -> list[str]:
+    """The policy's verdict: messages of failed validations (empty: allowed)."""
+    objects = rendered()
+    policy = manifests.pick(objects, "ValidatingAdmissionPolicy")["spec"]
+    environment = celpy.Environment()
+    activation: dict[str, Any] = {
+        "request": _cel(request),
+        "object": _cel(obj),
+        "oldObject": _cel(old),
+    }
+
+    def run(expression: str, names: dict[str, Any]) -> Any:
+        return environment.program(environment.compile(expression)).evaluate(names)
+
+    if not all(run(c["expression"], activation) for c in policy["matchConditions"]):
+        return []
+    variables: dict[str, Any] = {}
+    for variable in policy["variables"]:
+        names = {**activation, "variables": celtypes.MapType(variables)}
+        variables[celtypes.StringType(variable["name"])] = run(variable["expression"], names)
+    names = {**activation, "variables": celtypes.MapType(variables)}
+    failed = []
+    for validation in policy["validations"]:
+        if not run(validation["expression"], names):
+            failed.append(
+                str(run(validation["messageExpression"], names))
+                if "messageExpression" in validation
+                else validation["message"]
+            )
+    return failed
+
+
+def request(
+    *, resource: str, operation: str = "UPDATE", user: str = PLUGIN, node: str | None = "worker-1"
+) -> Obj:
+    extra = {"authentication.kubernetes.io/node-name": [node]} if node else {}
+    return {
+        "operation": operation,
+        "resource": {"group": "resource.k8s.io", "version": "v1", "resource": resource},
+        "userInfo": {"username": user, "extra": extra},
+    }
+
+
+def slice_on(node: str) -> Obj:
+    return {"spec": {"nodeName": node, "driver": "gpu.gvirtus.io"}}
+
+
+def claim_on(node: str | None) -> Obj:
+    selector = (
+        {
+            "nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+            ]
+        }
+        if node
+        else {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "gvirtus.io/frontend.allowed", "operator": "In", "values": ["true"]}
+                    ]
+                }
+            ]
+        }
+    )
+    return {"status": {"allocation": {"nodeSelector": selector}}}
+
+
+@pytest.mark.parametrize(
+    ("req", "obj", "old", "allowed"),
+    [
+        pytest.param(
+            request(resource="resourceslices", operation="CREATE"),
+            slice_on("worker-1"),
+            None,
+            True,
+            id="own-slice",
+        ),
+        pytest.param(
+            request(resource="resourceslices", operation="CREATE"),
+            slice_on("worker-2"),
+            None,
+            False,
+            id="other-nodes-slice",
+        ),
+        pytest.param(
+            request(resource="resourceslices", operation="DELETE"),
+            None,
+            slice_on("worker-2"),
+            False,
+            id="deleting-other-nodes-slice",
+        ),
+        pytest.param(
+            request(resource="resourceslices", operation="CREATE"),
+            {"spec": {"allNodes": True}},
+            None,
+            False,
+            id="cluster-wide-slice",
+        ),
+        pytest.param(
+            request(resource="resourceclaims"),
+            claim_on("worker-1"),
+            claim_on("worker-1"),
+            True,
+            id="own-nodes-claim",
+        ),
+        pytest.param(
+            request(resource="resourceclaims"),
+            claim_on("worker-2"),
+            claim_on("worker-2"),
+            False,
+            id="other-nodes-claim",
+        ),
+        pytest.param(
+            request(resource="resourceclaims"),
+            claim_on(None),
+            claim_on(None),
+            False,
+            id="label-selected-claim",
+        ),
+        pytest.param(
+            request(resource="resourceslices", operation="CREATE", node=None),
+            slice_on("worker-1"),
+            None,
+            False,
+            id="token-without-node",
+        ),
+        pytest.param(
+            request(
+                resource="resourceclaims",
+                user="system:serviceaccount:gvirtus-system:gvirtus-dra-controller",
+            ),
+            claim_on(None),
+            claim_on(None),
+            True,
+            id="controller-untouched",
+        ),
+    ],
+)
+def test_a_nodes_plugin_may_write_only_for_its_node(
+    req: Obj, obj: Obj | None, old: Obj | None, allowed: bool
+) -> None:
+    failed = admit(req, obj, old)
+
+    assert (failed == []) is allowed, failed
+    if not allowed:
+        assert all("kubelet plugin" in message for message in failed)
