@@ -1,9 +1,34 @@
-# The two commands of the README: `make demo` (added with the install issue) and `make test`.
+# The two commands of the README: `make demo` (a kind cluster with the driver and
+# its examples; needs docker, kind and kubectl) and `make test` (needs Python 3.11+).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+IMAGE ?= gvirtus-dra:0.1.0
+GPU_AGENT_IMAGE ?= gvirtus-dra-gpu-agent:0.1.0
+PLATFORMS ?= linux/amd64,linux/arm64
 
-.PHONY: test lint typecheck unit bench-prepare bench-controller bench-webhook protos clean
+.PHONY: demo demo-down e2e image image-multiarch gpu-agent-image \
+	test lint typecheck unit bench-prepare bench-controller bench-webhook protos clean
+
+demo:
+	scripts/demo.sh up
+
+demo-down:
+	scripts/demo.sh down
+
+# Against the cluster in KUBECONFIG with the driver installed (make demo does both).
+e2e: $(VENV)/.installed
+	$(BIN)/pytest --e2e tests/e2e
+
+image:
+	docker build -t $(IMAGE) .
+
+# Both architectures at once needs buildx and a registry to push to (IMAGE=registry/...).
+image-multiarch:
+	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) --push .
+
+gpu-agent-image:
+	docker build --target gpu-agent -t $(GPU_AGENT_IMAGE) .
 
 # Everything CI runs: a fresh venv with the package and its test tools, then lint,
 # type checks and the whole test suite (e2e tests skip themselves without --e2e).
