@@ -100,3 +100,26 @@ def test_the_script_passes_shellcheck() -> None:
         [checker, str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_the_demo_cluster_is_1_36_with_a_backend_frontends_and_a_spare() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "demo" / "kind.yaml").read_text())
+    nodes = config["nodes"]
+    roles = [n.get("labels", {}).get("demo.gvirtus.io/role") for n in nodes[1:]]
+
+    assert [n["role"] for n in nodes] == ["control-plane", "worker", "worker", "worker"]
+    assert {n["image"] for n in nodes} == {"kindest/node:v1.36.1"}
+    assert roles == ["backend", "frontend", "spare"]
+    assert nodes[1]["labels"]["gvirtus.io/backend.allowed"] == "true"
+    assert nodes[1]["labels"]["gvirtus.io/frontend.allowed"] == "false"
+    assert all(config["featureGates"].values())
+    for example in (ROOT / "demo" / "examples").glob("*.yaml"):
+        for document in yaml.safe_load_all(example.read_text()):
+            selector = (
+                document.get("spec", {}).get("nodeSelector")
+                or document.get("spec", {}).get("template", {}).get("spec", {}).get("nodeSelector")
+                or {}
+            )
+            assert selector.get("demo.gvirtus.io/role", "frontend") in roles, example.name
