@@ -65,11 +65,18 @@ install() {
     kind load docker-image "$IMAGE" --name "$CLUSTER"
     say "installing the driver (kubectl apply -k demo/install)"
     "${K[@]}" apply -k demo/install | indent
-    for workload in daemonset/gvirtus-dra-kubelet-plugin daemonset/gvirtus-dra-backend-agent \
-        deployment/gvirtus-dra-controller deployment/gvirtus-dra-webhook deployment/gvirtus-dra-labeler; do
+    # The labeler first: the plugin's DaemonSet selects the nodes it labels.
+    for workload in deployment/gvirtus-dra-labeler daemonset/gvirtus-dra-kubelet-plugin \
+        daemonset/gvirtus-dra-backend-agent deployment/gvirtus-dra-controller deployment/gvirtus-dra-webhook; do
         "${K[@]}" -n gvirtus-system rollout restart "$workload" >/dev/null # pick up a rebuilt image
         "${K[@]}" -n gvirtus-system rollout status "$workload" --timeout=240s ||
             { diagnose; fail "$workload did not roll out"; }
+        if [[ $workload == deployment/gvirtus-dra-labeler ]]; then
+            for _ in $(seq 30); do
+                [[ -z $("${K[@]}" get nodes -l '!gvirtus.io/frontend.allowed' -o name) ]] && break
+                sleep 1
+            done
+        fi
     done
     say "waiting for the backend's GPUs to be published"
     for _ in $(seq 60); do
