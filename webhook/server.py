@@ -91,6 +91,8 @@ async def _review(request: web.Request) -> tuple[str, web.Response]:
     request["review_uid"] = parsed.uid
     if not parsed.is_pod_create or not mutate.wants_conversion(parsed.pod):
         return "skipped", _json(review.allow(parsed.uid))
+    if not parsed.namespace:
+        return "bad_request", _bad("the AdmissionReview of a pod names no request.namespace")
     metadata = parsed.pod["metadata"]
     name = metadata.get("name") or f"{metadata.get('generateName', '')}*"
     with logs.context(pod=f"{parsed.namespace}/{name}", review=parsed.uid, dry_run=parsed.dry_run):

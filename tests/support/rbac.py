@@ -39,7 +39,9 @@ class Access:
 
 
 def accesses(request: Request, *, driver: str = "gpu.gvirtus.io") -> list[Access]:
-    """The authorization checks one request needs."""
+    """The authorization checks one request needs (a malformed path is never allowed)."""
+    if "//" in request.path:
+        return [Access("request-to-malformed-path", "", request.path)]
     parts = [p for p in request.path.split("/") if p]
     if parts[0] == "api":
         group, rest = "", parts[2:]

@@ -228,6 +228,11 @@ def _review_with(**changes: Any) -> bytes:
             id="bad-namespace",
         ),
         pytest.param(
+            _review_with(request={**objects.admission_review()["request"], "namespace": ""}),
+            "names no request.namespace",
+            id="no-namespace",
+        ),
+        pytest.param(
             b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": '
             + b'"x", "object": "'
             + b"a" * (4 * 1024 * 1024)
