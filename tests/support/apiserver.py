@@ -957,11 +957,42 @@ class APIServer:
                 meta.setdefault("generation", 1)
             return self.store.commit(kind, key, old, obj)
 
+    def mutate(
+        self, plural: str, name: str, namespace: str | None, change: Callable[[Obj], None]
+    ) -> Obj:
+        """Change a stored object in one atomic step (a new resourceVersion, one event).
+
+        Stand-ins for other controllers (the scheduler model) write with this, so a
+        read-modify-write never loses what a component wrote in between.
+        """
+        kind = self.kinds[plural]
+        key = self._key(kind, namespace, name)
+        with self.store.lock:
+            old = self.store.objects.get(key)
+            if old is None:
+                raise KeyError(f"{plural} {namespace}/{name} does not exist")
+            new = copy.deepcopy(old)
+            change(new)
+            new["metadata"].pop("resourceVersion", None)
+            return self.store.commit(kind, key, old, new)
+
     def get(self, plural: str, name: str, namespace: str | None = None) -> Obj | None:
         kind = self.kinds[plural]
         with self.store.lock:
             found = self.store.objects.get(self._key(kind, namespace, name))
             return copy.deepcopy(found) if found else None
+
+    def versions(self, plural: str, name: str, namespace: str | None = None) -> list[Obj]:
+        """Every version of one object still in the history, oldest first."""
+        with self.store.lock:
+            return [
+                copy.deepcopy(new)
+                for _, kind, _, new, _ in self.store.history
+                if kind == plural
+                and new is not None
+                and new["metadata"]["name"] == name
+                and new["metadata"].get("namespace") == namespace
+            ]
 
     def list(self, plural: str) -> list[Obj]:
         with self.store.lock:
