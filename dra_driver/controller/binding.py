@@ -1,22 +1,24 @@
 """What a claim's device status should say about its backend: ready, failed, or wait.
 
-Two situations. A device whose allocation waits on our binding conditions (the
-scheduler holds the pod until then) is confirmed once: its GPU healthy and not
-overloaded as the agent reports, and its backend accepting a TCP connection from
-here; otherwise it gets the failure condition, with the reason, and the scheduler
-takes the allocation back. A device the controller cannot judge (no agent report,
-pool not published) waits, but only up to the binding timeout; then it fails too,
-so no pod waits the scheduler's ten minutes for nothing.
+Two phases. While the scheduler holds a pod for our binding conditions (the
+allocation carries them and none of the claim's pods is bound yet), a device is
+decided once, from the agent's judgement polled after the allocation: its GPU
+healthy and not overloaded makes it ready; unhealthy or overloaded fails the
+binding, with the reason, and the scheduler takes the allocation back. Nothing here
+connects to a backend: a connect leaks a descriptor in the real ``gvirtus-backend``
+(gvirtus-facts §1.0). A device the controller cannot judge (no agent report since
+the allocation, pool not published) waits, but only up to the binding timeout; then
+it fails too, so no pod waits the scheduler's ten minutes for nothing.
 
-Every other device (no binding conditions, or confirmed already) gets a live
-record: the ready condition follows the GPU's health, so ``kubectl get
-resourceclaim -o yaml`` shows which backend serves the claim and whether it does.
+Once a pod is bound, or when the allocation has no binding conditions, a device
+gets a live record and never the failure condition: the ready condition follows the
+GPU's health, so ``kubectl get resourceclaim -o yaml`` shows which backend serves the
+claim and whether it does, and a pod sharing the claim later is never held back by
+what happened before.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import json
 from dataclasses import dataclass
@@ -82,7 +84,6 @@ class Step(enum.Enum):
     """What to do about one device now."""
 
     KEEP = "keep"  # nothing to write (waiting, or already decided)
-    CONFIRM = "confirm"  # healthy as reported: dial the backend, then decide
     WRITE = "write"
 
 
@@ -94,6 +95,16 @@ class Assessment:
     entry: Entry | None = None
     failed: bool = False
     timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the controller knows of a device's backend when it decides."""
+
+    endpoint: Endpoint | None
+    verdict: Verdict | None
+    fresh: bool
+    """The verdict comes from an agent answer received after the allocation was seen."""
 
 
 def camel(reason: str) -> str:
@@ -112,74 +123,103 @@ def entry(*, ready: str, reason: str, message: str, data: Obj, failed: bool = Fa
 def assess(
     *,
     device: Allocated,
+    binding: bool,
     current: Entry | None,
-    endpoint: Endpoint | None,
-    verdict: Verdict | None,
+    judgement: Judgement,
     waited: float,
     timeout: float,
 ) -> Assessment:
-    """The next step for one allocated device (pure; ``waited`` is seconds since allocation)."""
-    data = endpoint.data if endpoint is not None else {}
-    if device.waits and current is not None and current.failed:
+    """The next step for one allocated device (pure).
+
+    ``binding`` is true while the scheduler holds a pod for this device's binding
+    conditions; ``waited`` is seconds since the allocation.
+    """
+    if not binding:
+        return Assessment(Step.WRITE, _record(device, current, judgement))
+    if current is not None and current.failed:
         return Assessment(Step.KEEP)  # the scheduler is taking the allocation back
-    if device.waits and (current is None or not current.confirmed):
-        return _assess_waiting(device, endpoint, verdict, waited, timeout, data)
+    if current is not None and current.confirmed:
+        return _assess_confirmed(device, current, judgement)
+    return _assess_binding(device, judgement, waited, timeout)
+
+
+def _record(device: Allocated, current: Entry | None, judgement: Judgement) -> Entry:
+    """The live record of a device no pod waits on: readiness, never failure."""
+    endpoint, verdict = judgement.endpoint, judgement.verdict
     if endpoint is None:
-        unpublished = entry(
+        return entry(
             ready="False",
             reason="DeviceUnpublished",
             message=f"pool {device.pool} no longer publishes device {device.device}",
             data=_data_of(current),
         )
-        return Assessment(Step.WRITE, unpublished)
     if verdict is None:
-        unknown = entry(
+        return entry(
             ready="Unknown",
             reason="BackendUnknown",
             message=f"the backend agent of {endpoint.node} has not reported since this "
             "controller started",
-            data=data,
+            data=endpoint.data,
         )
-        return Assessment(Step.WRITE, unknown)
     if not verdict.healthy:
         message = f"{endpoint.where} is unhealthy: {verdict.message or verdict.reason}"
-        return Assessment(
-            Step.WRITE,
-            entry(ready="False", reason=camel(verdict.reason), message=message, data=data),
+        return entry(
+            ready="False", reason=camel(verdict.reason), message=message, data=endpoint.data
         )
-    if current is not None and current.confirmed and current.data == canonical(data):
-        return Assessment(Step.WRITE, current)  # serving as recorded: keep reason and time
-    return Assessment(
-        Step.WRITE,
-        entry(ready="True", reason="BackendServing", message=f"{endpoint.where} serves", data=data),
+    recorded = current is not None and current.confirmed and not current.failed
+    if recorded and current is not None and current.data == canonical(endpoint.data):
+        return current  # serving as recorded: keep reason and time
+    return entry(
+        ready="True",
+        reason="BackendServing",
+        message=f"{endpoint.where} serves",
+        data=endpoint.data,
     )
 
 
-def _assess_waiting(
-    device: Allocated,
-    endpoint: Endpoint | None,
-    verdict: Verdict | None,
-    waited: float,
-    timeout: float,
-    data: Obj,
+def _assess_confirmed(device: Allocated, current: Entry, judgement: Judgement) -> Assessment:
+    """Ready, but the pod is not bound yet: a backend lost meanwhile still fails it."""
+    endpoint, verdict = judgement.endpoint, judgement.verdict
+    if endpoint is None:
+        message = f"pool {device.pool} no longer publishes device {device.device}"
+        return failure("DeviceUnpublished", message, _data_of(current))
+    if verdict is not None and not verdict.healthy:
+        message = f"{endpoint.where} is unhealthy: {verdict.message or verdict.reason}"
+        return failure(camel(verdict.reason), message, endpoint.data)
+    return Assessment(Step.WRITE, current)
+
+
+def _assess_binding(
+    device: Allocated, judgement: Judgement, waited: float, timeout: float
 ) -> Assessment:
-    if endpoint is None or verdict is None:
-        if waited < timeout:
-            return Assessment(Step.KEEP)
-        why = (
-            f"pool {device.pool} does not publish device {device.device}"
-            if endpoint is None
-            else f"the backend agent of {endpoint.node} has not reported"
-        )
-        message = f"backend not confirmed within {timeout:.0f}s: {why}"
-        return failure("BackendUnconfirmed", message, data, timed_out=True)
-    if not verdict.healthy:
+    endpoint, verdict = judgement.endpoint, judgement.verdict
+    data = endpoint.data if endpoint is not None else {}
+    if endpoint is not None and verdict is not None and not verdict.healthy:
         message = f"{endpoint.where} is unhealthy: {verdict.message or verdict.reason}"
         return failure(camel(verdict.reason), message, data)
-    if verdict.overloaded:
-        message = f"{endpoint.where} is overloaded ({verdict.overloaded})"
-        return failure("BackendOverloaded", message, data)
-    return Assessment(Step.CONFIRM)
+    if endpoint is not None and verdict is not None and judgement.fresh:
+        if verdict.overloaded:
+            message = f"{endpoint.where} is overloaded ({verdict.overloaded})"
+            return failure("BackendOverloaded", message, data)
+        return Assessment(
+            Step.WRITE,
+            entry(
+                ready="True",
+                reason="BackendReady",
+                message=f"{endpoint.where} is healthy as its agent reported after the allocation",
+                data=data,
+            ),
+        )
+    if waited < timeout:
+        return Assessment(Step.KEEP)
+    if endpoint is None:
+        why = f"pool {device.pool} does not publish device {device.device}"
+    elif verdict is None:
+        why = f"the backend agent of {endpoint.node} has not reported"
+    else:
+        why = f"no report from the backend agent of {endpoint.node} since the allocation"
+    message = f"backend not confirmed within {timeout:.0f}s: {why}"
+    return failure("BackendUnconfirmed", message, data, timed_out=True)
 
 
 def failure(reason: str, message: str, data: Obj, *, timed_out: bool = False) -> Assessment:
@@ -190,38 +230,6 @@ def failure(reason: str, message: str, data: Obj, *, timed_out: bool = False) ->
         failed=True,
         timed_out=timed_out,
     )
-
-
-def confirmed(endpoint: Endpoint, problem: str | None) -> Assessment:
-    """The decision after dialling the backend (``problem`` None: it accepted)."""
-    if problem is None:
-        return Assessment(
-            Step.WRITE,
-            entry(
-                ready="True",
-                reason="BackendReachable",
-                message=f"{endpoint.where} accepted a connection",
-                data=endpoint.data,
-            ),
-        )
-    return failure("BackendUnreachable", f"{endpoint.where} {problem}", endpoint.data)
-
-
-async def dial(address: str, port: int, *, timeout: float) -> str | None:
-    """Open and close one TCP connection; None when accepted, else what went wrong."""
-    try:
-        async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(address, port)
-    except TimeoutError:
-        return f"did not accept a connection within {timeout:g}s"
-    except ConnectionRefusedError:
-        return "refused the connection"
-    except OSError as exc:
-        return f"could not be reached: {exc.strerror or exc}"
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return None
 
 
 def _data_of(current: Entry | None) -> Obj:

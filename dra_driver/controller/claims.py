@@ -2,8 +2,9 @@
 
 The controller watches every ResourceClaim but keeps, per claim, only what writing
 its device status needs: identity, when it was allocated, which of our devices it
-got (and whether the scheduler waits on their binding conditions), and what our
-entries in ``status.devices`` say now. Claims without our devices cost nothing.
+got (and whether the allocation carries our binding conditions), the pods it is
+reserved for, and what our entries in ``status.devices`` say now. Claims without
+our devices cost nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Claim:
     allocated_at: float | None
     devices: tuple[Allocated, ...]
     entries: tuple[tuple[tuple[str, str, str], Entry], ...]
+    reserved: tuple[str, ...] = ()
+    """UIDs of the pods in ``status.reservedFor``."""
 
     def entry(self, key: tuple[str, str, str]) -> Entry | None:
         """Our current entry for a device, if written."""
@@ -162,6 +165,11 @@ def claim_of(obj: Obj, *, driver: str) -> Claim | None:
         allocated_at=_timestamp(allocation.get("allocationTimestamp")),
         devices=ours,
         entries=tuple(entries),
+        reserved=tuple(
+            str(r.get("uid", ""))
+            for r in status.get("reservedFor") or []
+            if r.get("resource") == "pods"
+        ),
     )
 
 

@@ -9,9 +9,15 @@ itself. The apply names the claim's uid, so a claim deleted and created again
 under the same name is never written with the old one's status.
 
 A sweep runs whenever a claim changes, when a poll round changed a verdict or the
-published devices, and once a second while a decision or a retry is pending. Each
-claim is handled by one task at a time; a failed write backs off exponentially per
-claim; a claim the server no longer has is dropped.
+published devices, and once a second while a decision or a retry is pending (never
+more often: a claim waiting on a decision is looked at once a second). Each claim is
+handled by one task at a time; a failed write backs off exponentially per claim; a
+claim the server no longer has is dropped.
+
+Before a binding is failed, the device is withdrawn from scheduling (``withdraw``:
+tainted, or left out of its pool where taints are unavailable) and only then is the
+failure condition written. A real scheduler that takes an allocation back picks the
+same device again unless it is tainted (dra-facts §0), so the order matters.
 """
 
 from __future__ import annotations
@@ -22,15 +28,15 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
 from dra_driver.controller import binding
-from dra_driver.controller.binding import Assessment, Endpoint, Step
-from dra_driver.controller.claims import Claim, ClaimIndex, Entry
+from dra_driver.controller.binding import Assessment, Endpoint, Judgement, Step
+from dra_driver.controller.claims import Allocated, Claim, ClaimIndex, Entry
 from dra_driver.controller.health import Verdict
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
@@ -80,19 +86,25 @@ class ClaimStatus:
     """(pool, device) → the published device's endpoint."""
     verdicts: Callable[[str, int], Verdict | None]
     """(pool, GPU index) → the controller's verdict, None while unknown."""
+    answered: Callable[[str], float | None]
+    """pool → when (``clock``) its agent last answered, None if never."""
+    bound: Callable[[Claim], bool]
+    """Whether any pod the claim is reserved for is bound to a node."""
+    withdraw: Callable[[str, int, str], Awaitable[None]]
+    """(pool, GPU index, reason) → taint or withdraw that GPU's devices, published."""
     events: EventRecorder
     binding_timeout: float = 60.0
-    confirm_timeout: float = 2.0
     concurrency: int = 16
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
-    dial: Callable[..., Any] = binding.dial
     _busy: set[str] = field(default_factory=set)
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _first_seen: dict[tuple[str, tuple[str, str, str]], float] = field(default_factory=dict)
     _settled: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     """Per claim, the inputs its status was last found right for."""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _missed: set[str] = field(default_factory=set)
+    """Claims a sweep passed over while their task ran: looked at again when it ends."""
 
     def __post_init__(self) -> None:
         self._limit = asyncio.Semaphore(self.concurrency)
@@ -107,7 +119,9 @@ class ClaimStatus:
             while True:
                 self.claims.changed.clear()
                 self.sweep()
-                pending = self._backoff or any(map(_undecided, self.claims.items.values()))
+                pending = self._backoff or any(
+                    _undecided(c, bound=self.bound(c)) for c in self.claims.items.values()
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.claims.changed.wait(), 1.0 if pending else None)
         finally:
@@ -125,25 +139,38 @@ class ClaimStatus:
             del self._settled[key]
         self._first_seen = {k: v for k, v in self._first_seen.items() if k[0] in live}
         for key, claim in list(self.claims.items.items()):
-            if key in self._busy or self._backoff.get(key, _Backoff()).until > now:
+            if key in self._busy:
+                self._missed.add(key)
                 continue
-            inputs = self._inputs(claim)
-            if self._settled.get(key) == inputs and not _undecided(claim):
+            if self._backoff.get(key, _Backoff()).until > now:
+                continue
+            inputs = self._inputs(key, claim)
+            if self._settled.get(key) == inputs:
                 continue  # nothing it depends on changed: no task, no write
             self._busy.add(key)
             task = asyncio.create_task(self._settle(key, claim, inputs))
-            task.add_done_callback(lambda _: self.claims.changed.set())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _inputs(self, claim: Claim) -> tuple[Any, ...]:
-        """Everything a claim's status is computed from."""
-        found: list[Any] = [claim]
+    def _inputs(self, key: str, claim: Claim) -> tuple[Any, ...]:
+        """Everything a claim's status is computed from (the clock, while it waits)."""
+        bound = self.bound(claim)
+        found: list[Any] = [claim, bound]
         for device in claim.devices:
-            endpoint = self.endpoints(device.pool, device.device)
-            verdict = self.verdicts(device.pool, endpoint.index) if endpoint else None
-            found.append((endpoint, verdict.key if verdict else None))
+            judgement = self._judge(key, device, bound=bound)
+            verdict = judgement.verdict
+            found.append((judgement.endpoint, verdict.key if verdict else None, judgement.fresh))
+        if _undecided(claim, bound=bound):
+            found.append(self.clock())  # waiting on a report or the timeout: look again
         return tuple(found)
+
+    def _judge(self, key: str, device: Allocated, *, bound: bool) -> Judgement:
+        endpoint = self.endpoints(device.pool, device.device)
+        verdict = self.verdicts(device.pool, endpoint.index) if endpoint is not None else None
+        answered = self.answered(device.pool)
+        seen = self._first_seen.get((key, device.key))
+        fresh = answered is not None and seen is not None and answered > seen
+        return Judgement(endpoint=endpoint, verdict=verdict, fresh=fresh)
 
     async def _settle(self, key: str, claim: Claim, inputs: tuple[Any, ...]) -> None:
         try:
@@ -155,10 +182,16 @@ class ClaimStatus:
             self._fail(key)
         finally:
             self._busy.discard(key)
+            if key in self._missed or key in self._backoff:
+                # Look again: a change arrived meanwhile, or a retry is now pending
+                # (which the loop only times once it knows of it).
+                self._missed.discard(key)
+                self.claims.changed.set()
 
     async def _settle_one(self, key: str, claim: Claim) -> bool:
         """Bring one claim's entries up to date; False when it must be looked at again."""
         now = self.clock()
+        bound = self.bound(claim)
         desired: list[tuple[tuple[str, str, str], Entry]] = []
         decided: list[Assessment] = []
         for device in claim.devices:
@@ -166,28 +199,24 @@ class ClaimStatus:
             waited = now - first
             if claim.allocated_at is not None:
                 waited = max(waited, self.wall() - claim.allocated_at)
-            endpoint = self.endpoints(device.pool, device.device)
-            verdict = self.verdicts(device.pool, endpoint.index) if endpoint is not None else None
+            judgement = self._judge(key, device, bound=bound)
             current = claim.entry(device.key)
+            binding_phase = device.waits and not bound
             assessment = binding.assess(
                 device=device,
+                binding=binding_phase,
                 current=current,
-                endpoint=endpoint,
-                verdict=verdict,
+                judgement=judgement,
                 waited=waited,
                 timeout=self.binding_timeout,
             )
-            if assessment.step is Step.CONFIRM:
-                assert endpoint is not None
-                problem = await binding.dial(
-                    endpoint.address, endpoint.port, timeout=self.confirm_timeout
-                )
-                assessment = binding.confirmed(endpoint, problem)
             if assessment.step is Step.WRITE:
                 assert assessment.entry is not None
                 desired.append((device.key, assessment.entry))
-                if device.waits and (current is None or not current.confirmed):
+                if binding_phase and assessment.entry != current:
                     decided.append(assessment)
+                if assessment.failed:
+                    await self._withdraw(device, judgement, assessment)
             elif current is not None:
                 desired.append((device.key, current))
         if _same(desired, claim):
@@ -196,6 +225,17 @@ class ClaimStatus:
             return False
         await self._report(key, claim, decided, now)
         return True
+
+    async def _withdraw(
+        self, device: Allocated, judgement: Judgement, assessment: Assessment
+    ) -> None:
+        """Keep the scheduler off a device before telling it the binding failed."""
+        endpoint = judgement.endpoint
+        if endpoint is None:
+            return  # not published: nothing to schedule onto
+        assert assessment.entry is not None
+        reason = assessment.entry.conditions[0].reason
+        await self.withdraw(device.pool, endpoint.index, reason)
 
     async def _apply(
         self, key: str, claim: Claim, desired: list[tuple[tuple[str, str, str], Entry]]
@@ -301,8 +341,10 @@ class ClaimStatus:
                 log.info("backend of claim %s confirmed: %s", key, ready.message)
 
 
-def _undecided(claim: Claim) -> bool:
+def _undecided(claim: Claim, *, bound: bool) -> bool:
     """Some device waits on a decision (and so on the clock, for the timeout)."""
+    if bound:
+        return False
     for device in claim.devices:
         current = claim.entry(device.key)
         if device.waits and (current is None or not (current.confirmed or current.failed)):

@@ -4,8 +4,9 @@ A pool is one backend node. Each GPU becomes one device (``exclusive``: one clai
 a time), K devices sharing its memory (``slots``), or one device several claims
 share by memory (``capacity``, consumable capacity in 1.36). Device names come from
 the GPU's index, so they survive restarts. Health shows as taints where the API
-server keeps them (``NoSchedule``, ``NoExecute`` once a GPU is to be evicted);
-without taints an unhealthy GPU is left out of the pool. Devices are split into
+server keeps them (``NoSchedule``, ``NoExecute`` once a GPU is to be evicted, and
+``binding-failed`` on a GPU whose binding failed until it is judged ready again);
+without taints such a GPU is left out of the pool. Devices are split into
 slices within the API's limits: 128 per slice, 64 when devices may carry taints (the
 limit is applied whenever taints are on, so a taint appearing never reshuffles
 devices across slices).
@@ -28,6 +29,7 @@ FRONTEND_LABEL = "gvirtus.io/frontend.allowed"
 READY_CONDITION = "gvirtus.io/BackendReady"
 FAILURE_CONDITION = "gvirtus.io/BackendUnavailable"
 UNHEALTHY_TAINT = "gvirtus.io/unhealthy"
+BINDING_FAILED = "binding-failed"
 OVERLOADED_TAINT = "gvirtus.io/overloaded"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "gvirtus-dra-controller")
 MAX_DEVICES = 128
@@ -131,13 +133,17 @@ def _shapes(gpu: GPU, sharing: Sharing, policy: DevicePolicy) -> list[tuple[str,
     return [(f"gpu-{gpu.index}", fields)]
 
 
-def _taints(name: str, verdict: Verdict, times: TaintTimes, now: str) -> list[Obj]:
+def _taints(
+    name: str, verdict: Verdict, withdrawn: str | None, times: TaintTimes, now: str
+) -> list[Obj]:
     if not verdict.healthy:
         key, value, effect = (
             UNHEALTHY_TAINT,
             verdict.reason,
             "NoExecute" if verdict.evict else "NoSchedule",
         )
+    elif withdrawn is not None:
+        key, value, effect = UNHEALTHY_TAINT, BINDING_FAILED, "NoSchedule"
     elif verdict.overloaded:
         key, value, effect = OVERLOADED_TAINT, verdict.overloaded, "NoSchedule"
     else:
@@ -161,18 +167,25 @@ def devices(
     features: Features,
     taint_times: TaintTimes,
     now: str,
+    withdrawn: Mapping[int, str] | None = None,
 ) -> list[Obj]:
-    """Every device of the pool, in GPU order."""
+    """Every device of the pool, in GPU order.
+
+    ``withdrawn`` names GPUs (by index) whose binding failed: tainted
+    ``gvirtus.io/unhealthy=binding-failed``, or left out where taints are unavailable,
+    so the scheduler's next attempt picks another.
+    """
     sharing = policy.effective(features)
     found = []
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
         verdict = verdicts.get(gpu.index, Verdict(healthy=True))
-        if not features.taints and not verdict.healthy:
+        held = (withdrawn or {}).get(gpu.index)
+        if not features.taints and (not verdict.healthy or held is not None):
             continue
         shared = attributes(gpu, inventory, node)
         for name, fields in _shapes(gpu, sharing, policy):
             device: Obj = {"name": name, "attributes": shared, **fields}
-            if features.taints and (taints := _taints(name, verdict, taint_times, now)):
+            if features.taints and (taints := _taints(name, verdict, held, taint_times, now)):
                 device["taints"] = taints
             if policy.binding_conditions and features.binding:
                 device["bindingConditions"] = [READY_CONDITION]

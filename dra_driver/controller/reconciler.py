@@ -24,9 +24,10 @@ from prometheus_client import Gauge, Histogram
 
 from dra_driver.controller import pools
 from dra_driver.controller.binding import Endpoint, endpoint_of
-from dra_driver.controller.claims import CLAIMS_PATH, ClaimIndex
+from dra_driver.controller.claims import CLAIMS_PATH, Claim, ClaimIndex
 from dra_driver.controller.claimstatus import ClaimStatus
 from dra_driver.controller.health import Thresholds, Verdict, judge
+from dra_driver.controller.pods import PODS_PATH, PodIndex
 from dra_driver.controller.poller import AgentState, Poller
 from dra_driver.controller.pools import DevicePolicy, Features, NodeInfo
 from dra_driver.controller.settings import ControllerSettings
@@ -51,6 +52,10 @@ REPROBE_EVERY = 600.0
 
 BACKENDS = Gauge("gvirtus_dra_controller_backends", "Backend agents by state.", ["state"])
 DEVICES = Gauge("gvirtus_dra_controller_gpus", "GPUs of answering agents by verdict.", ["verdict"])
+WITHDRAWN = Gauge(
+    "gvirtus_dra_controller_withdrawn_gpus",
+    "GPUs kept off scheduling after a failed binding, until judged ready again.",
+)
 ROUND_SECONDS = Histogram(
     "gvirtus_dra_controller_reconcile_duration_seconds",
     "Time of one poll-and-publish round.",
@@ -58,6 +63,14 @@ ROUND_SECONDS = Histogram(
 )
 
 Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """Why and since when (``clock``) a GPU is kept off scheduling."""
+
+    reason: str
+    since: float
 
 
 @dataclass(frozen=True)
@@ -137,19 +150,25 @@ class Reconciler:
             binds_to_node=settings.binds_to_node,
         )
         self.claims = ClaimIndex(driver=settings.driver_name)
+        self.pods = PodIndex()
         self.status = ClaimStatus(
             kube=kube,
             driver=settings.driver_name,
             claims=self.claims,
             endpoints=self._endpoint,
             verdicts=self._verdict,
+            answered=self._answered,
+            bound=self._bound,
+            withdraw=self._withdraw,
             events=events,
             binding_timeout=settings.binding_timeout,
-            confirm_timeout=settings.confirm_timeout,
             concurrency=settings.status_concurrency,
             clock=clock,
             wall=wall,
         )
+        self.withdrawn: dict[tuple[str, int], Withdrawal] = {}
+        """GPUs whose binding failed, kept off scheduling until judged ready again."""
+        self._publishing: dict[str, asyncio.Lock] = {}
         self._endpoints: tuple[int, dict[tuple[str, str], Endpoint]] = (-1, {})
         self._status_signature: tuple[Any, ...] = ()
         self.thresholds = Thresholds(settings.max_connections, settings.max_utilization)
@@ -157,7 +176,7 @@ class Reconciler:
         self.states: dict[str, AgentState] = {}
         self.verdicts: dict[str, dict[int, Verdict]] = {}
         self.absent_since: dict[str, float] = {}
-        self.fingerprints: dict[str, tuple[Any, ...]] = {}
+        self.fingerprints: dict[str, Any] = {}
         self.last_round = clock()
         self.rounds = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -196,10 +215,17 @@ class Reconciler:
                 component=COMPONENT,
                 resource="resourceclaims",
             ),
+            list_watch(
+                kube=self.kube,
+                path=PODS_PATH,
+                consumer=self.pods,
+                component=COMPONENT,
+                resource="pods-with-claims",
+            ),
         ]
         tasks = [asyncio.create_task(w) for w in watches]
         try:
-            for index in (self.agents, self.nodes, self.slices):
+            for index in (self.agents, self.nodes, self.slices, self.pods):
                 await index.synced.wait()
             await self._probe()
             probed = self.clock()
@@ -246,6 +272,39 @@ class Reconciler:
             }
             self._endpoints = (self.slices.version, found)
         return found.get((pool, device))
+
+    def _answered(self, pool: str) -> float | None:
+        state = self.states.get(pool)
+        return state.answered_at if state is not None else None
+
+    def _bound(self, claim: Claim) -> bool:
+        return self.pods.any_bound(claim.reserved)
+
+    async def _withdraw(self, pool: str, index: int, reason: str) -> None:
+        """Taint (or leave out) a GPU whose binding failed, and publish that at once."""
+        key = (pool, index)
+        if key not in self.withdrawn:
+            log.warning(
+                "withdrawing GPU %d of pool %s from scheduling: its binding failed (%s)",
+                index,
+                pool,
+                reason,
+            )
+        self.withdrawn[key] = Withdrawal(reason=reason, since=self.clock())
+        self.fingerprints.pop(pool, None)
+        await self._reconcile(pool, self.slices.pools().get(pool, {}), self.clock())
+
+    def _release(self, node: str, verdicts: dict[int, Verdict]) -> None:
+        """Give back GPUs whose agent judged them ready after their binding failed."""
+        state = self.states.get(node)
+        answered = state.answered_at if state is not None else None
+        for (pool, index), held in list(self.withdrawn.items()):
+            verdict = verdicts.get(index)
+            if pool != node or verdict is None or answered is None or answered <= held.since:
+                continue
+            if verdict.healthy and not verdict.overloaded:
+                del self.withdrawn[(pool, index)]
+                log.info("GPU %d of pool %s is ready again; scheduling onto it", index, pool)
 
     def _verdict(self, pool: str, index: int) -> Verdict | None:
         """The current verdict on a GPU; None until its agent has answered."""
@@ -332,6 +391,14 @@ class Reconciler:
                 self.states[node] = AgentState(node=node, url=url, seen_at=self.clock())
 
     async def _reconcile(self, node: str, existing: dict[str, Obj], now: float) -> None:
+        lock = self._publishing.setdefault(node, asyncio.Lock())
+        contended = lock.locked()
+        async with lock:
+            if contended:  # what we were handed may predate the other publish
+                existing = self.slices.pools().get(node, {})
+            await self._reconcile_locked(node, existing, now)
+
+    async def _reconcile_locked(self, node: str, existing: dict[str, Obj], now: float) -> None:
         info = self.nodes.items.get(node)
         state = self.states.get(node)
         if info is None or state is None:
@@ -341,7 +408,9 @@ class Reconciler:
         if state.inventory is None:
             return  # never answered since we lead: leave what is published alone
         verdicts = self._judge(node, state, existing, now)
-        fingerprint = self._fingerprint(state, verdicts, info, existing)
+        self._release(node, verdicts)
+        withdrawn = {i: w.reason for (p, i), w in self.withdrawn.items() if p == node}
+        fingerprint = (self._fingerprint(state, verdicts, info, existing), withdrawn)
         if fingerprint == self.fingerprints.get(node):
             return
         devices = pools.devices(
@@ -350,6 +419,7 @@ class Reconciler:
             verdicts=verdicts,
             policy=self.policy,
             features=self.features,
+            withdrawn=withdrawn,
             taint_times=pools.taint_times(existing),
             now=datetime.datetime.fromtimestamp(self.wall(), datetime.UTC).strftime(
                 "%Y-%m-%dT%H:%M:%SZ"
@@ -380,6 +450,7 @@ class Reconciler:
         """Remove a pool whose node is gone, or whose agent has been gone past the grace period."""
         self.fingerprints.pop(node, None)
         self.verdicts.pop(node, None)
+        self.withdrawn = {k: w for k, w in self.withdrawn.items() if k[0] != node}
         if not existing:
             self.absent_since.pop(node, None)
             return
@@ -526,3 +597,4 @@ class Reconciler:
                 ] += 1
         for name, count in counts.items():
             DEVICES.labels(name).set(count)
+        WITHDRAWN.set(len(self.withdrawn))

@@ -98,10 +98,11 @@ class ControllerSettings(Settings):
     )
     retry_period: float = Field(2, ge=0.2, le=60, description="seconds between Lease attempts")
     binding_conditions: bool = Field(
-        True,
+        False,
         description=(
             "publish devices with binding conditions, so the scheduler binds a pod only "
-            "after its backend is confirmed (where the API server keeps the fields)"
+            "after its agent confirms the backend (costs about 5 s per pod start: the "
+            "scheduler checks them every 5 s)"
         ),
     )
     binds_to_node: bool = Field(
@@ -116,9 +117,6 @@ class ControllerSettings(Settings):
             "seconds a claim may wait for its backend to be confirmed before it gets the "
             "failure condition (the scheduler itself gives up after 600)"
         ),
-    )
-    confirm_timeout: float = Field(
-        2, gt=0, le=30, description="seconds a backend has to accept the confirming connection"
     )
     status_concurrency: int = Field(16, ge=1, le=256, description="claim status writes in flight")
     write_concurrency: int = Field(16, ge=1, le=256, description="ResourceSlice writes in flight")

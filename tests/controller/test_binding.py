@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
 from dra_driver.controller import binding
-from dra_driver.controller.binding import Endpoint, Step
+from dra_driver.controller.binding import Endpoint, Judgement, Step
 from dra_driver.controller.claims import Allocated, Entry
 from dra_driver.controller.health import Verdict
 
@@ -21,49 +20,70 @@ BUSY = Verdict(healthy=True, overloaded="connections")
 WAITS = Allocated(pool="gpu-node-a", device="gpu-0", share_id="", waits=True)
 PLAIN = Allocated(pool="gpu-node-a", device="gpu-0", share_id="", waits=False)
 
+READY = "gvirtus.io/BackendReady"
+FAILURE = "gvirtus.io/BackendUnavailable"
+
+
+def judged(
+    verdict: Verdict | None, *, endpoint: Endpoint | None = ENDPOINT, fresh: bool = True
+) -> Judgement:
+    return Judgement(endpoint=endpoint, verdict=verdict, fresh=fresh)
+
 
 def written(assessment: binding.Assessment) -> dict[str, tuple[str, str]]:
     assert assessment.step is Step.WRITE and assessment.entry is not None
     return {c.type: (c.status, c.reason) for c in assessment.entry.conditions}
 
 
-READY = "gvirtus.io/BackendReady"
-FAILURE = "gvirtus.io/BackendUnavailable"
+def ready_entry() -> Entry:
+    assessment = binding.assess(
+        device=WAITS, binding=True, current=None, judgement=judged(HEALTHY), waited=1, timeout=60
+    )
+    assert assessment.entry is not None
+    return assessment.entry
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "verdict", "waited", "step", "conditions"),
+    ("judgement", "waited", "step", "conditions"),
     [
-        pytest.param(ENDPOINT, HEALTHY, 0, Step.CONFIRM, None, id="healthy-is-dialled-first"),
         pytest.param(
-            ENDPOINT,
-            DOWN,
+            judged(HEALTHY), 0, Step.WRITE, {READY: ("True", "BackendReady")}, id="fresh-healthy"
+        ),
+        pytest.param(
+            judged(HEALTHY, fresh=False), 10, Step.KEEP, None, id="healthy-before-allocation-waits"
+        ),
+        pytest.param(
+            judged(DOWN, fresh=False),
             0,
             Step.WRITE,
             {READY: ("False", "BackendDown"), FAILURE: ("True", "BackendDown")},
             id="unhealthy-fails-at-once",
         ),
         pytest.param(
-            ENDPOINT,
-            BUSY,
+            judged(BUSY),
             0,
             Step.WRITE,
             {READY: ("False", "BackendOverloaded"), FAILURE: ("True", "BackendOverloaded")},
-            id="overloaded-fails-at-once",
+            id="overloaded-fails",
         ),
-        pytest.param(ENDPOINT, None, 10, Step.KEEP, None, id="no-report-yet-waits"),
-        pytest.param(None, HEALTHY, 10, Step.KEEP, None, id="unpublished-waits"),
+        pytest.param(judged(None), 10, Step.KEEP, None, id="no-report-yet-waits"),
+        pytest.param(judged(HEALTHY, endpoint=None), 10, Step.KEEP, None, id="unpublished-waits"),
         pytest.param(
-            ENDPOINT,
-            None,
+            judged(HEALTHY, fresh=False),
+            61,
+            Step.WRITE,
+            {READY: ("False", "BackendUnconfirmed"), FAILURE: ("True", "BackendUnconfirmed")},
+            id="no-report-since-the-allocation-past-the-timeout-fails",
+        ),
+        pytest.param(
+            judged(None),
             61,
             Step.WRITE,
             {READY: ("False", "BackendUnconfirmed"), FAILURE: ("True", "BackendUnconfirmed")},
             id="no-report-past-the-timeout-fails",
         ),
         pytest.param(
-            None,
-            None,
+            judged(None, endpoint=None),
             61,
             Step.WRITE,
             {READY: ("False", "BackendUnconfirmed"), FAILURE: ("True", "BackendUnconfirmed")},
@@ -71,21 +91,20 @@ FAILURE = "gvirtus.io/BackendUnavailable"
         ),
     ],
 )
-def test_a_waiting_device_is_confirmed_failed_or_kept_waiting(
-    endpoint: Endpoint | None,
-    verdict: Verdict | None,
+def test_a_device_in_its_binding_phase_is_confirmed_failed_or_kept_waiting(
+    judgement: Judgement,
     waited: float,
     step: Step,
     conditions: dict[str, tuple[str, str]] | None,
 ) -> None:
     assessment = binding.assess(
-        device=WAITS, current=None, endpoint=endpoint, verdict=verdict, waited=waited, timeout=60
+        device=WAITS, binding=True, current=None, judgement=judgement, waited=waited, timeout=60
     )
 
     assert assessment.step is step
     if conditions is not None:
         assert written(assessment) == conditions
-        assert assessment.failed
+        assert assessment.failed == (FAILURE in conditions)
 
 
 @pytest.mark.parametrize(
@@ -104,11 +123,22 @@ def test_a_waiting_device_is_confirmed_failed_or_kept_waiting(
         pytest.param(HEALTHY, None, {READY: ("False", "DeviceUnpublished")}, id="unpublished"),
     ],
 )
-def test_other_devices_get_a_live_record_and_never_the_failure_condition(
-    verdict: Verdict | None, endpoint: Endpoint | None, conditions: dict[str, tuple[str, str]]
+@pytest.mark.parametrize(
+    "device", [pytest.param(PLAIN, id="no-binding-conditions"), pytest.param(WAITS, id="bound")]
+)
+def test_devices_outside_the_binding_phase_get_a_live_record_and_never_the_failure_condition(
+    device: Allocated,
+    verdict: Verdict | None,
+    endpoint: Endpoint | None,
+    conditions: dict[str, tuple[str, str]],
 ) -> None:
     assessment = binding.assess(
-        device=PLAIN, current=None, endpoint=endpoint, verdict=verdict, waited=1000, timeout=60
+        device=device,
+        binding=False,
+        current=None,
+        judgement=judged(verdict, endpoint=endpoint),
+        waited=1000,
+        timeout=60,
     )
 
     assert written(assessment) == conditions
@@ -117,7 +147,7 @@ def test_other_devices_get_a_live_record_and_never_the_failure_condition(
 
 def test_the_record_names_the_backend() -> None:
     assessment = binding.assess(
-        device=PLAIN, current=None, endpoint=ENDPOINT, verdict=HEALTHY, waited=0, timeout=60
+        device=PLAIN, binding=False, current=None, judgement=judged(HEALTHY), waited=0, timeout=60
     )
 
     assert assessment.entry is not None
@@ -131,56 +161,70 @@ def test_the_record_names_the_backend() -> None:
 
 
 def test_a_confirmed_device_keeps_its_reason_while_it_serves() -> None:
-    confirmed = binding.confirmed(ENDPOINT, None).entry
-    assert confirmed is not None
+    confirmed = ready_entry()
 
     again = binding.assess(
-        device=WAITS, current=confirmed, endpoint=ENDPOINT, verdict=HEALTHY, waited=5, timeout=60
+        device=WAITS,
+        binding=True,
+        current=confirmed,
+        judgement=judged(HEALTHY, fresh=False),
+        waited=5,
+        timeout=60,
     )
-    later = binding.assess(
-        device=WAITS, current=confirmed, endpoint=ENDPOINT, verdict=DOWN, waited=500, timeout=60
+    bound_and_down = binding.assess(
+        device=WAITS,
+        binding=False,
+        current=confirmed,
+        judgement=judged(DOWN),
+        waited=500,
+        timeout=60,
     )
 
     assert again.entry == confirmed
-    assert written(later) == {READY: ("False", "BackendDown")}, "bound pods are not failed"
+    assert written(bound_and_down) == {READY: ("False", "BackendDown")}, "bound pods never fail"
+
+
+def test_a_backend_lost_after_confirmation_but_before_the_pod_is_bound_fails_it() -> None:
+    assessment = binding.assess(
+        device=WAITS,
+        binding=True,
+        current=ready_entry(),
+        judgement=judged(DOWN),
+        waited=3,
+        timeout=60,
+    )
+
+    assert written(assessment) == {
+        READY: ("False", "BackendDown"),
+        FAILURE: ("True", "BackendDown"),
+    }
 
 
 def test_a_failed_device_is_left_to_the_scheduler() -> None:
-    failed: Entry | None = binding.confirmed(ENDPOINT, "refused the connection").entry
+    failed = binding.failure("BackendDown", "down", ENDPOINT.data).entry
 
     assessment = binding.assess(
-        device=WAITS, current=failed, endpoint=ENDPOINT, verdict=HEALTHY, waited=5, timeout=60
+        device=WAITS, binding=True, current=failed, judgement=judged(HEALTHY), waited=5, timeout=60
     )
 
     assert assessment.step is Step.KEEP
 
 
-@pytest.mark.parametrize(
-    ("listening", "problem"),
-    [
-        pytest.param(True, None, id="accepted"),
-        pytest.param(False, "refused the connection", id="refused"),
-    ],
-)
-async def test_dialling_says_what_went_wrong(listening: bool, problem: str | None) -> None:
-    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    if not listening:
-        server.close()
-        await server.wait_closed()
+def test_a_failure_left_on_a_bound_claim_is_cleared_once_the_backend_serves() -> None:
+    failed = binding.failure("BackendDown", "down", ENDPOINT.data).entry
 
-    assert await binding.dial("127.0.0.1", port, timeout=2) == problem
+    assessment = binding.assess(
+        device=WAITS, binding=False, current=failed, judgement=judged(HEALTHY), waited=5, timeout=60
+    )
 
-    if listening:
-        server.close()
-        await server.wait_closed()
+    assert written(assessment) == {READY: ("True", "BackendServing")}
 
 
 @pytest.mark.parametrize(
     ("reason", "camel"),
     [
         ("backend-down", "BackendDown"),
-        ("port-closed", "PortClosed"),
+        ("backend-wedged", "BackendWedged"),
         ("agent-unreachable", "AgentUnreachable"),
     ],
 )

@@ -2,9 +2,9 @@
 
 The test stands in for the scheduler: it writes allocations the way the 1.36
 scheduler does (section 04 of the captures: results copy the device's binding
-conditions, ``allocationTimestamp`` is set) and watches what the controller writes
-into ``status.devices``. The controller dials published backend addresses
-(10.0.0.N); here those are the simulated backends on 127.0.0.N.
+conditions, ``allocationTimestamp`` is set, ``reservedFor`` names a pod not yet
+bound) and watches what the controller writes into ``status.devices``. The
+controller never connects to a backend: it decides from its agent's reports.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
-import time
 import uuid
 from typing import Any
 
 import pytest
 
-from dra_driver.controller import binding
 from tests.controller.conftest import Cluster
 from tests.support.apiserver import fixture_object
 
@@ -28,21 +26,6 @@ DRIVER = "gpu.gvirtus.io"
 READY = "gvirtus.io/BackendReady"
 FAILURE = "gvirtus.io/BackendUnavailable"
 NAMESPACE = "gvirtus-demo"
-
-
-@pytest.fixture(autouse=True)
-def backends_on_loopback(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Published 10.0.0.N → the simulated backend on 127.0.0.N (overridable per test)."""
-    dial = binding.dial
-    redirect: dict[str, str] = {}
-
-    async def on_loopback(address: str, port: int, *, timeout: float) -> str | None:
-        target = redirect.get(address, address.replace("10.0.0.", "127.0.0.", 1))
-        host, _, other_port = target.partition(":")
-        return await dial(host, int(other_port or port), timeout=timeout)
-
-    monkeypatch.setattr(binding, "dial", on_loopback)
-    return redirect
 
 
 def allocate(
@@ -198,9 +181,22 @@ async def test_status_follows_the_backends_health_and_writes_nothing_while_it_ho
     assert conditions(up[0])[READY] == ("True", "BackendServing")
 
 
-async def test_devices_are_published_with_binding_conditions(cluster: Cluster) -> None:
+async def test_devices_are_published_without_binding_conditions_by_default(
+    cluster: Cluster,
+) -> None:
     await cluster.add_backend("gpu-node-a")
     cluster.start_controller()
+
+    devices = await published(cluster, "gpu-node-a")
+
+    assert all("bindingConditions" not in d for d in devices.values())
+
+
+async def test_devices_are_published_with_binding_conditions_when_asked_for(
+    cluster: Cluster,
+) -> None:
+    await cluster.add_backend("gpu-node-a")
+    cluster.start_controller(binding_conditions=True)
 
     devices = await published(cluster, "gpu-node-a")
 
@@ -212,34 +208,29 @@ async def test_devices_are_published_with_binding_conditions(cluster: Cluster) -
 
 async def test_binds_to_node_is_published_when_asked_for(cluster: Cluster) -> None:
     await cluster.add_backend("gpu-node-a")
-    cluster.start_controller(binds_to_node=True)
+    cluster.start_controller(binding_conditions=True, binds_to_node=True)
 
     devices = await published(cluster, "gpu-node-a")
 
     assert all(d["bindsToNode"] is True for d in devices.values())
 
 
-async def test_a_waiting_claim_is_confirmed_when_its_backend_answers(cluster: Cluster) -> None:
+async def test_a_waiting_claim_is_confirmed_by_its_agents_next_report(cluster: Cluster) -> None:
     await cluster.add_backend("gpu-node-a")
-    cluster.start_controller()
+    cluster.start_controller(binding_conditions=True)
     await published(cluster, "gpu-node-a")
 
-    started = time.monotonic()
     allocate(cluster, name="waiting", devices=[("gpu-node-a", "gpu-0")], waits=True)
     entry = await decided(cluster, "waiting")
-    took = time.monotonic() - started
 
-    assert conditions(entry) == {READY: ("True", "BackendReachable")}
-    assert "accepted a connection" in entry["conditions"][0]["message"]
-    assert took < 5
+    assert conditions(entry) == {READY: ("True", "BackendReady")}
+    assert "reported after the allocation" in entry["conditions"][0]["message"]
 
 
 @pytest.mark.parametrize(
     ("change", "settings", "reasons"),
     [
-        pytest.param(
-            {"listening": False}, {}, {"BackendDown", "BackendUnreachable"}, id="listener-down"
-        ),
+        pytest.param({"listening": False}, {}, {"BackendDown"}, id="listener-down"),
         pytest.param(
             {"utilizationPercent": 97},
             {"max_utilization": 90},
@@ -252,10 +243,10 @@ async def test_a_backend_that_cannot_serve_fails_the_binding(
     cluster: Cluster, change: dict[str, Any], settings: dict[str, Any], reasons: set[str]
 ) -> None:
     agent = await cluster.add_backend("gpu-node-a")
-    cluster.start_controller(**settings)
+    cluster.start_controller(binding_conditions=True, **settings)
     await published(cluster, "gpu-node-a")
     await agent.simulate(0, **change)
-    await asyncio.sleep(1.0)  # the agent samples twice, the controller polls
+    await cluster.until(lambda: cluster.devices("gpu-node-a")["gpu-0"].get("taints"))
 
     allocate(cluster, name="doomed", devices=[("gpu-node-a", "gpu-0")], waits=True)
     entry = await decided(cluster, "doomed")
@@ -264,49 +255,31 @@ async def test_a_backend_that_cannot_serve_fails_the_binding(
     assert found[FAILURE][0] == "True"
     assert found[READY][0] == "False"
     assert found[FAILURE][1] in reasons
-    events = [e for e in cluster.events() if e["reason"] == "GVirtuSBackendUnavailable"]
-    assert events and events[0]["involvedObject"]["name"] == "doomed"
+    events = await cluster.until(
+        lambda: [e for e in cluster.events() if e["reason"] == "GVirtuSBackendUnavailable"]
+    )
+    assert events[0]["involvedObject"]["name"] == "doomed"
     assert events[0]["involvedObject"]["kind"] == "ResourceClaim"
-
-
-async def test_a_backend_that_refuses_the_connection_fails_the_binding(
-    cluster: Cluster, backends_on_loopback: dict[str, str]
-) -> None:
-    await cluster.add_backend("gpu-node-a")
-    cluster.start_controller()
-    await published(cluster, "gpu-node-a")
-    closed = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-    port = closed.sockets[0].getsockname()[1]
-    closed.close()
-    await closed.wait_closed()
-    backends_on_loopback["10.0.0.31"] = f"127.0.0.1:{port}"  # healthy to the agent, not to us
-
-    allocate(cluster, name="refused", devices=[("gpu-node-a", "gpu-0")], waits=True)
-    entry = await decided(cluster, "refused")
-
-    assert conditions(entry)[FAILURE] == ("True", "BackendUnreachable")
-    assert entry["conditions"][0]["message"].endswith("refused the connection")
+    assert cluster.devices("gpu-node-a")["gpu-0"]["taints"], "kept off scheduling"
 
 
 async def test_a_claim_nobody_can_judge_fails_after_the_binding_timeout(cluster: Cluster) -> None:
     await cluster.add_backend("gpu-node-a")
-    cluster.start_controller(binding_timeout=2)
+    cluster.start_controller(binding_conditions=True, binding_timeout=2)
     await published(cluster, "gpu-node-a")
 
-    started = time.monotonic()
     allocate(cluster, name="orphan", devices=[("gone-node", "gpu-0")], waits=True)
     await asyncio.sleep(1.0)
     assert ours(cluster, "orphan") == [], "it waits first"
     entry = await decided(cluster, "orphan")
 
-    assert time.monotonic() - started >= 1, "2 s from allocationTimestamp, which has whole seconds"
     assert conditions(entry)[FAILURE] == ("True", "BackendUnconfirmed")
     assert "not confirmed within 2s" in entry["conditions"][0]["message"]
 
 
 async def test_an_allocation_older_than_the_timeout_fails_at_once(cluster: Cluster) -> None:
     await cluster.add_backend("gpu-node-a")
-    cluster.start_controller(binding_timeout=30)
+    cluster.start_controller(binding_conditions=True, binding_timeout=30)
     await published(cluster, "gpu-node-a")
 
     allocate(cluster, name="stale", devices=[("gone-node", "gpu-0")], waits=True, allocated_ago=120)
@@ -355,7 +328,7 @@ async def test_without_binding_conditions_on_the_server_claims_are_still_recorde
 ) -> None:
     cluster.apiserver.disabled_features = frozenset({"DRADeviceBindingConditions"})
     await cluster.add_backend("gpu-node-a")
-    cluster.start_controller(pod_name="controller-0")
+    cluster.start_controller(binding_conditions=True, pod_name="controller-0")
 
     devices = await published(cluster, "gpu-node-a")
     allocate(cluster, name="old-server", devices=[("gpu-node-a", "gpu-0")], waits=False)
