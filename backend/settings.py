@@ -8,6 +8,7 @@ import pathlib
 from pydantic import Field, field_validator, model_validator
 
 from dra_driver import gvirtus
+from dra_driver.addresses import RoutableIPv4
 from dra_driver.config import Settings, absolute_path, dns_subdomain
 from dra_driver.models import GVirtuSLogLevel
 from dra_driver.quantity import parse_bytes
@@ -20,7 +21,7 @@ class AgentSettings(Settings):
     """Flags (and ``--config`` file keys) of the backend agent."""
 
     node_name: str = Field(description="name of this node (downward API spec.nodeName)")
-    address: str = Field(
+    address: RoutableIPv4 = Field(
         description="IPv4 address frontends use to reach this node's backends "
         "(downward API status.hostIP with hostNetwork)"
     )
@@ -82,19 +83,6 @@ class AgentSettings(Settings):
     @classmethod
     def _node_name(cls, value: str) -> str:
         return dns_subdomain(value, what="node name")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        try:
-            ip = ipaddress.IPv4Address(value)
-        except ValueError as exc:
-            raise ValueError(
-                f"{value!r} is not an IPv4 address; GVirtuS frontends accept nothing else"
-            ) from exc
-        if ip.is_unspecified or ip.is_loopback or ip.is_multicast:
-            raise ValueError(f"{value} cannot be reached from other nodes; use the node's address")
-        return value
 
     @field_validator("bind_address")
     @classmethod

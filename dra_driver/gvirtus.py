@@ -15,6 +15,8 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
+from dra_driver import addresses
+
 CONTAINER_PATH = "/etc/gvirtus/properties.json"
 """Where containers find the file; ``GVIRTUS_CONFIG`` points here."""
 
@@ -46,22 +48,9 @@ def parse_endpoint(*, address: object, port: object) -> Endpoint:
     if not isinstance(address, str):
         raise EndpointError(f"backendAddress must be a string IPv4 address, got {address!r}")
     try:
-        ip = ipaddress.IPv4Address(address)
-    except ValueError as exc:
-        raise EndpointError(
-            f"backendAddress {address!r} is not a literal IPv4 address; the GVirtuS frontend "
-            "accepts nothing else (no host names, no IPv6)"
-        ) from exc
-    if (
-        ip.is_unspecified
-        or ip.is_loopback
-        or ip.is_multicast
-        or ip == ipaddress.IPv4Address("255.255.255.255")
-    ):
-        raise EndpointError(
-            f"backendAddress {address} cannot reach a backend from inside a pod; "
-            "publish the backend node's routable IPv4 address"
-        )
+        ip = addresses.routable_ipv4(address)
+    except addresses.AddressError as exc:
+        raise EndpointError(f"backendAddress {exc}") from exc
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise EndpointError(f"backendPort must be an integer from 1 to 65535, got {port!r}")
     if port in _FRONTEND_REJECTED_PORTS:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import enum
-import ipaddress
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,8 @@ from typing import Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dra_driver.addresses import RoutableIPv4
 
 CONFIG_API_VERSION = "gpu.gvirtus.io/v1alpha1"
 CONFIG_KIND = "GVirtuSConfig"
@@ -212,7 +213,7 @@ class Inventory(_Wire):
     )
     kind: Literal["BackendInventory"] = INVENTORY_KIND
     node_name: str = Field(alias="nodeName", min_length=1, max_length=253)
-    address: str
+    address: RoutableIPv4
     simulated: bool = False
     agent_version: str = Field("", alias="agentVersion", max_length=64)
     gpus: list[GPU] = Field(max_length=256)
@@ -224,19 +225,6 @@ class Inventory(_Wire):
             r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", value
         ):
             raise ValueError(f"{value!r} is not a valid node name")
-        return value
-
-    @field_validator("address")
-    @classmethod
-    def _routable_ipv4(cls, value: str) -> str:
-        try:
-            ip = ipaddress.IPv4Address(value)
-        except ValueError as exc:
-            raise ValueError(
-                f"{value!r} is not an IPv4 address; GVirtuS frontends need one"
-            ) from exc
-        if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
-            raise ValueError(f"{value} cannot be reached from other nodes")
         return value
 
     @model_validator(mode="after")

@@ -51,6 +51,8 @@ def test_file_is_byte_for_byte_what_the_frontend_expects() -> None:
         ("0.0.0.0", 9999, "cannot reach a backend from inside a pod"),
         ("127.0.0.1", 9999, "cannot reach a backend from inside a pod"),
         ("224.0.0.1", 9999, "cannot reach a backend from inside a pod"),
+        ("169.254.169.254", 9999, "cannot reach a backend from inside a pod"),
+        ("240.0.0.7", 9999, "cannot reach a backend from inside a pod"),
         (None, 9999, "must be a string IPv4 address"),
         (167772165, 9999, "must be a string IPv4 address"),
         ("10.0.0.5", 0, "from 1 to 65535"),
@@ -67,6 +69,8 @@ def test_file_is_byte_for_byte_what_the_frontend_expects() -> None:
         "unspecified",
         "loopback",
         "multicast",
+        "link-local-metadata",
+        "reserved",
         "missing",
         "int-address",
         "port-zero",
@@ -86,8 +90,13 @@ def test_unusable_endpoints_are_refused_with_the_reason(
 @given(
     address=st.ip_addresses(v=4).filter(
         lambda ip: (
-            not (ip.is_unspecified or ip.is_loopback or ip.is_multicast)
-            and ip != ipaddress.IPv4Address("255.255.255.255")
+            not (
+                ip.is_unspecified
+                or ip.is_loopback
+                or ip.is_link_local
+                or ip.is_multicast
+                or ip.is_reserved
+            )
         )
     ),
     port=st.integers(1, 65535).filter(lambda p: not 65500 <= p <= 65529),
