@@ -1,24 +1,53 @@
-"""Wiring of the controller: API client, leader election, the reconcile loop, probes.
+"""Wiring of the controller: API client, leader election, the owners of the loop, probes.
 
 Every replica serves ``/metrics`` and ``/healthz``; only the one holding the Lease
 runs the loop. Losing the Lease cancels the loop at once; SIGTERM releases the
 Lease so a standby replica takes over without waiting for it to expire.
+
+While leading, the work is split between owners, each wired here once:
+
+* informers (:mod:`informers`): agent pods, nodes, our slices, claims, pods;
+* :class:`agents.Agents`: one state per node's agent, polled by :class:`poller.Poller`;
+* :class:`tracker.HealthTracker`: the verdict on every GPU, and withdrawals;
+* :class:`features.FeatureGates`: which gated fields the API server keeps;
+* :class:`pool_sync.PoolSync`: each pool's desired slices (:mod:`pools`) published
+  by :class:`slices.Publisher`;
+* :class:`claimstatus.ClaimStatus`: claims' device status, reading a
+  :class:`view.DeviceView`;
+* :class:`loop.Loop`: the rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from dra_driver import __version__, httpserver
+from dra_driver.controller.agents import Agents
+from dra_driver.controller.claims import CLAIMS_PATH, ClaimIndex
+from dra_driver.controller.claimstatus import ClaimStatus
+from dra_driver.controller.features import SLICES_PATH, FeatureGates, Features
+from dra_driver.controller.health import Thresholds
+from dra_driver.controller.informers import Informer
 from dra_driver.controller.leader import LeaderElector
-from dra_driver.controller.reconciler import Reconciler
+from dra_driver.controller.loop import Loop
+from dra_driver.controller.pods import PODS_PATH, PodIndex
+from dra_driver.controller.poller import Poller
+from dra_driver.controller.pool_sync import PoolSync
+from dra_driver.controller.pools import DevicePolicy, NodeInfo, node_info
 from dra_driver.controller.settings import ControllerSettings
+from dra_driver.controller.slices import Publisher, SliceStore
+from dra_driver.controller.tracker import HealthTracker
+from dra_driver.controller.view import DeviceView
 from dra_driver.kube.client import KubeClient
-from dra_driver.kube.events import EventRecorder
+from dra_driver.kube.events import EventRecorder, Regarding
+from dra_driver.kube.index import Index
 from dra_driver.lifecycle import freeze_startup_objects, raise_file_limit, stop_on_signals
+from dra_driver.quantity import parse_bytes
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +71,13 @@ async def run(settings: ControllerSettings, *, stop: asyncio.Event | None = None
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(kube.close)
         events = EventRecorder(kube=kube, component=COMPONENT)
-        current: list[Reconciler] = []
+        current: list[Loop] = []
 
         async def lead() -> None:
-            reconciler = Reconciler(settings=settings, kube=kube, events=events)
-            current[:] = [reconciler]
+            loop = wire(settings=settings, kube=kube, events=events)
+            current[:] = [loop]
             try:
-                await reconciler.run()
+                await loop.run()
             finally:
                 current.clear()
 
@@ -79,3 +108,115 @@ async def run(settings: ControllerSettings, *, stop: asyncio.Event | None = None
         freeze_startup_objects()
         await elector.run(lead, stop=stop)
         log.info("stopped")
+
+
+def policy_of(settings: ControllerSettings) -> DevicePolicy:
+    """How GPUs become devices, from the settings."""
+    return DevicePolicy(
+        sharing=settings.sharing,
+        slots=settings.slots,
+        capacity_default=parse_bytes(settings.capacity_default),
+        capacity_min=parse_bytes(settings.capacity_min),
+        capacity_step=parse_bytes(settings.capacity_step),
+        fallback=settings.capacity_fallback,
+        binding_conditions=settings.binding_conditions,
+        binds_to_node=settings.binds_to_node,
+    )
+
+
+def wire(
+    *,
+    settings: ControllerSettings,
+    kube: KubeClient,
+    events: EventRecorder,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> Loop:
+    """The leader's owners, connected once; see the module docstring."""
+    s = settings
+    policy = policy_of(s)
+    nodes: Index[NodeInfo] = Index(node_info)
+    agents = Agents(port=s.agent_port, clock=clock)
+    store = SliceStore(driver=s.driver_name)
+    claims = ClaimIndex(driver=s.driver_name)
+    pods = PodIndex()
+    pod = Regarding("Pod", s.pod_name, namespace=s.namespace) if s.pod_name else None
+    gates = FeatureGates(
+        kube=kube,
+        driver=s.driver_name,
+        events=events,
+        pod=pod,
+        uses_binding_conditions=s.binding_conditions,
+        fallback_sharing=policy.effective(dataclasses.replace(Features(), capacity=False)),
+    )
+    tracker = HealthTracker(
+        driver=s.driver_name,
+        thresholds=Thresholds(s.max_connections, s.max_utilization),
+        grace=s.grace_period,
+        no_execute_after=s.no_execute_after,
+        nodes=nodes,
+        events=events,
+        clock=clock,
+        wall=wall,
+    )
+    pool_sync = PoolSync(
+        driver=s.driver_name,
+        agents=agents,
+        nodes=nodes,
+        tracker=tracker,
+        gates=gates,
+        policy=policy,
+        store=store,
+        publisher=Publisher(kube=kube, store=store, concurrency=s.write_concurrency),
+        events=events,
+        grace=s.grace_period,
+        clock=clock,
+        wall=wall,
+    )
+    view = DeviceView(driver=s.driver_name, store=store, tracker=tracker, agents=agents)
+    status = ClaimStatus(
+        kube=kube,
+        driver=s.driver_name,
+        claims=claims,
+        pods=pods,
+        devices=view,
+        withdrawer=pool_sync,
+        events=events,
+        binding_timeout=s.binding_timeout,
+        concurrency=s.status_concurrency,
+        clock=clock,
+        wall=wall,
+    )
+    watches = (
+        Informer(
+            "pods",
+            f"/api/v1/namespaces/{s.namespace}/pods",
+            agents.pods,
+            synced=agents.pods.synced,
+            label_selector=s.agent_selector,
+        ),
+        Informer("nodes", "/api/v1/nodes", nodes, synced=nodes.synced),
+        Informer(
+            "resourceslices",
+            SLICES_PATH,
+            store,
+            synced=store.synced,
+            label_selector=store.label_selector,
+        ),
+        Informer("resourceclaims", CLAIMS_PATH, claims),
+        Informer("pods-with-claims", PODS_PATH, pods, synced=pods.synced),
+    )
+    return Loop(
+        kube=kube,
+        watches=watches,
+        gates=gates,
+        agents=agents,
+        poller=Poller(timeout=s.poll_timeout, concurrency=s.poll_concurrency),
+        pools=pool_sync,
+        tracker=tracker,
+        view=view,
+        status=status,
+        interval=s.poll_interval,
+        grace=s.grace_period,
+        clock=clock,
+    )

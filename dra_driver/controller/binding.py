@@ -25,59 +25,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from dra_driver.controller.claims import Allocated, Condition, Entry, canonical
+from dra_driver.controller.features import FAILURE_CONDITION, READY_CONDITION
 from dra_driver.controller.health import Verdict
-from dra_driver.controller.pools import FAILURE_CONDITION, READY_CONDITION
+from dra_driver.device import GPUDevice
 
 Obj = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a published device's backend listens, from its slice attributes."""
-
-    node: str
-    address: str
-    port: int
-    uuid: str
-    model: str
-    index: int
-
-    @property
-    def data(self) -> Obj:
-        """The ``data`` of a status entry (the names in docs/names.md)."""
-        return {
-            "backendNode": self.node,
-            "backendAddress": self.address,
-            "backendPort": self.port,
-            "uuid": self.uuid,
-            "model": self.model,
-        }
-
-    @property
-    def where(self) -> str:
-        """How messages name the backend."""
-        return f"GVirtuS backend {self.address}:{self.port} (GPU {self.index} of {self.node})"
-
-
-def endpoint_of(device: Obj) -> Endpoint | None:
-    """The endpoint a published device names; None when attributes are missing."""
-    attributes = device.get("attributes") or {}
-
-    def value(name: str) -> Any:
-        found = attributes.get(name) or {}
-        return next(iter(found.values()), None)
-
-    try:
-        return Endpoint(
-            node=str(value("backendNode")),
-            address=str(value("backendAddress")),
-            port=int(value("backendPort")),
-            uuid=str(value("uuid")),
-            model=str(value("model")),
-            index=int(value("index")),
-        )
-    except (TypeError, ValueError):
-        return None
+def status_data(device: GPUDevice) -> Obj:
+    """The ``data`` of a status entry: which backend serves the claim (docs/names.md)."""
+    return {
+        "backendNode": device.node,
+        "backendAddress": device.address,
+        "backendPort": device.port,
+        "uuid": device.uuid,
+        "model": device.model,
+    }
 
 
 class Step(enum.Enum):
@@ -101,7 +64,8 @@ class Assessment:
 class Judgement:
     """What the controller knows of a device's backend when it decides."""
 
-    endpoint: Endpoint | None
+    device: GPUDevice | None
+    """The device as published; None when its pool does not publish it."""
     verdict: Verdict | None
     fresh: bool
     """The verdict comes from an agent answer received after the allocation was seen."""
@@ -145,8 +109,8 @@ def assess(
 
 def _record(device: Allocated, current: Entry | None, judgement: Judgement) -> Entry:
     """The live record of a device no pod waits on: readiness, never failure."""
-    endpoint, verdict = judgement.endpoint, judgement.verdict
-    if endpoint is None:
+    published, verdict = judgement.device, judgement.verdict
+    if published is None:
         return entry(
             ready="False",
             reason="DeviceUnpublished",
@@ -157,67 +121,70 @@ def _record(device: Allocated, current: Entry | None, judgement: Judgement) -> E
         return entry(
             ready="Unknown",
             reason="BackendUnknown",
-            message=f"the backend agent of {endpoint.node} has not reported since this "
+            message=f"the backend agent of {published.node} has not reported since this "
             "controller started",
-            data=endpoint.data,
+            data=status_data(published),
         )
     if not verdict.healthy:
-        message = f"{endpoint.where} is unhealthy: {verdict.message or verdict.reason}"
+        message = f"{published.where} is unhealthy: {verdict.message or verdict.reason}"
         return entry(
-            ready="False", reason=camel(verdict.reason), message=message, data=endpoint.data
+            ready="False",
+            reason=camel(verdict.reason),
+            message=message,
+            data=status_data(published),
         )
     recorded = current is not None and current.confirmed and not current.failed
-    if recorded and current is not None and current.data == canonical(endpoint.data):
+    if recorded and current is not None and current.data == canonical(status_data(published)):
         return current  # serving as recorded: keep reason and time
     return entry(
         ready="True",
         reason="BackendServing",
-        message=f"{endpoint.where} serves",
-        data=endpoint.data,
+        message=f"{published.where} serves",
+        data=status_data(published),
     )
 
 
 def _assess_confirmed(device: Allocated, current: Entry, judgement: Judgement) -> Assessment:
     """Ready, but the pod is not bound yet: a backend lost meanwhile still fails it."""
-    endpoint, verdict = judgement.endpoint, judgement.verdict
-    if endpoint is None:
+    published, verdict = judgement.device, judgement.verdict
+    if published is None:
         message = f"pool {device.pool} no longer publishes device {device.device}"
         return failure("DeviceUnpublished", message, _data_of(current))
     if verdict is not None and not verdict.healthy:
-        message = f"{endpoint.where} is unhealthy: {verdict.message or verdict.reason}"
-        return failure(camel(verdict.reason), message, endpoint.data)
+        message = f"{published.where} is unhealthy: {verdict.message or verdict.reason}"
+        return failure(camel(verdict.reason), message, status_data(published))
     return Assessment(Step.WRITE, current)
 
 
 def _assess_binding(
     device: Allocated, judgement: Judgement, waited: float, timeout: float
 ) -> Assessment:
-    endpoint, verdict = judgement.endpoint, judgement.verdict
-    data = endpoint.data if endpoint is not None else {}
-    if endpoint is not None and verdict is not None and not verdict.healthy:
-        message = f"{endpoint.where} is unhealthy: {verdict.message or verdict.reason}"
+    published, verdict = judgement.device, judgement.verdict
+    data = status_data(published) if published is not None else {}
+    if published is not None and verdict is not None and not verdict.healthy:
+        message = f"{published.where} is unhealthy: {verdict.message or verdict.reason}"
         return failure(camel(verdict.reason), message, data)
-    if endpoint is not None and verdict is not None and judgement.fresh:
+    if published is not None and verdict is not None and judgement.fresh:
         if verdict.overloaded:
-            message = f"{endpoint.where} is overloaded ({verdict.overloaded})"
+            message = f"{published.where} is overloaded ({verdict.overloaded})"
             return failure("BackendOverloaded", message, data)
         return Assessment(
             Step.WRITE,
             entry(
                 ready="True",
                 reason="BackendReady",
-                message=f"{endpoint.where} is healthy as its agent reported after the allocation",
+                message=f"{published.where} is healthy as its agent reported after the allocation",
                 data=data,
             ),
         )
     if waited < timeout:
         return Assessment(Step.KEEP)
-    if endpoint is None:
+    if published is None:
         why = f"pool {device.pool} does not publish device {device.device}"
     elif verdict is None:
-        why = f"the backend agent of {endpoint.node} has not reported"
+        why = f"the backend agent of {published.node} has not reported"
     else:
-        why = f"no report from the backend agent of {endpoint.node} since the allocation"
+        why = f"no report from the backend agent of {published.node} since the allocation"
     message = f"backend not confirmed within {timeout:.0f}s: {why}"
     return failure("BackendUnconfirmed", message, data, timed_out=True)
 

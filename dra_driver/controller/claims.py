@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dra_driver.controller.pools import FAILURE_CONDITION, READY_CONDITION
+from dra_driver.controller.features import FAILURE_CONDITION, READY_CONDITION
 from dra_driver.kube.index import Index
 from dra_driver.kube.watch import WatchEvent
 
@@ -191,8 +191,3 @@ class ClaimIndex(Index[Claim]):
         await super().on_event(event)
         if self.version != before:
             self.changed.set()
-
-    def forget(self, key: str) -> None:
-        """Drop a claim the server says is gone, ahead of its watch event."""
-        if self.items.pop(key, None) is not None:
-            self.version += 1

@@ -28,20 +28,21 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 
 from dra_driver.controller import binding
-from dra_driver.controller.binding import Assessment, Endpoint, Judgement, Step
+from dra_driver.controller.binding import Assessment, Judgement, Step
 from dra_driver.controller.claims import Allocated, Claim, ClaimIndex, Entry
 from dra_driver.controller.health import Verdict
+from dra_driver.controller.pods import PodIndex
+from dra_driver.device import GPUDevice
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
-from dra_driver.kube.index import object_key
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,26 @@ class _Backoff:
     until: float = 0.0
 
 
+class Devices(Protocol):
+    """What claim status reads about devices (a :class:`view.DeviceView`)."""
+
+    def device(self, pool: str, name: str) -> GPUDevice | None:
+        """The device as published, or None."""
+
+    def verdict(self, pool: str, index: int) -> Verdict | None:
+        """The verdict on a GPU, None while unknown."""
+
+    def answered(self, pool: str) -> float | None:
+        """When (``clock``) the pool's agent last answered, None if never."""
+
+
+class Withdrawer(Protocol):
+    """Who keeps a GPU off scheduling (a :class:`pool_sync.PoolSync`)."""
+
+    async def withdraw(self, pool: str, index: int, reason: str) -> None:
+        """Taint or withdraw the GPU's devices; published when this returns."""
+
+
 @dataclass
 class ClaimStatus:
     """Keeps every allocated claim's entries of this driver true."""
@@ -82,16 +103,9 @@ class ClaimStatus:
     kube: KubeClient
     driver: str
     claims: ClaimIndex
-    endpoints: Callable[[str, str], Endpoint | None]
-    """(pool, device) → the published device's endpoint."""
-    verdicts: Callable[[str, int], Verdict | None]
-    """(pool, GPU index) → the controller's verdict, None while unknown."""
-    answered: Callable[[str], float | None]
-    """pool → when (``clock``) its agent last answered, None if never."""
-    bound: Callable[[Claim], bool]
-    """Whether any pod the claim is reserved for is bound to a node."""
-    withdraw: Callable[[str, int, str], Awaitable[None]]
-    """(pool, GPU index, reason) → taint or withdraw that GPU's devices, published."""
+    pods: PodIndex
+    devices: Devices
+    withdrawer: Withdrawer
     events: EventRecorder
     binding_timeout: float = 60.0
     concurrency: int = 16
@@ -102,6 +116,8 @@ class ClaimStatus:
     _first_seen: dict[tuple[str, tuple[str, str, str]], float] = field(default_factory=dict)
     _settled: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     """Per claim, the inputs its status was last found right for."""
+    _gone: dict[str, str] = field(default_factory=dict)
+    """Claims (key → uid) the server no longer had, until their watch event arrives."""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _missed: set[str] = field(default_factory=set)
     """Claims a sweep passed over while their task ran: looked at again when it ends."""
@@ -120,7 +136,7 @@ class ClaimStatus:
                 self.claims.changed.clear()
                 self.sweep()
                 pending = self._backoff or any(
-                    _undecided(c, bound=self.bound(c)) for c in self.claims.items.values()
+                    _undecided(c, bound=self._bound(c)) for c in self.claims.items.values()
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.claims.changed.wait(), 1.0 if pending else None)
@@ -137,12 +153,13 @@ class ClaimStatus:
             del self._backoff[key]
         for key in set(self._settled) - live:
             del self._settled[key]
+        self._gone = {k: uid for k, uid in self._gone.items() if k in live}
         self._first_seen = {k: v for k, v in self._first_seen.items() if k[0] in live}
         for key, claim in list(self.claims.items.items()):
             if key in self._busy:
                 self._missed.add(key)
                 continue
-            if self._backoff.get(key, _Backoff()).until > now:
+            if self._backoff.get(key, _Backoff()).until > now or self._gone.get(key) == claim.uid:
                 continue
             inputs = self._inputs(key, claim)
             if self._settled.get(key) == inputs:
@@ -154,23 +171,26 @@ class ClaimStatus:
 
     def _inputs(self, key: str, claim: Claim) -> tuple[Any, ...]:
         """Everything a claim's status is computed from (the clock, while it waits)."""
-        bound = self.bound(claim)
+        bound = self._bound(claim)
         found: list[Any] = [claim, bound]
         for device in claim.devices:
             judgement = self._judge(key, device, bound=bound)
             verdict = judgement.verdict
-            found.append((judgement.endpoint, verdict.key if verdict else None, judgement.fresh))
+            found.append((judgement.device, verdict.key if verdict else None, judgement.fresh))
         if _undecided(claim, bound=bound):
             found.append(self.clock())  # waiting on a report or the timeout: look again
         return tuple(found)
 
+    def _bound(self, claim: Claim) -> bool:
+        return self.pods.any_bound(claim.reserved)
+
     def _judge(self, key: str, device: Allocated, *, bound: bool) -> Judgement:
-        endpoint = self.endpoints(device.pool, device.device)
-        verdict = self.verdicts(device.pool, endpoint.index) if endpoint is not None else None
-        answered = self.answered(device.pool)
+        published = self.devices.device(device.pool, device.device)
+        verdict = self.devices.verdict(device.pool, published.index) if published else None
+        answered = self.devices.answered(device.pool)
         seen = self._first_seen.get((key, device.key))
         fresh = answered is not None and seen is not None and answered > seen
-        return Judgement(endpoint=endpoint, verdict=verdict, fresh=fresh)
+        return Judgement(device=published, verdict=verdict, fresh=fresh)
 
     async def _settle(self, key: str, claim: Claim, inputs: tuple[Any, ...]) -> None:
         try:
@@ -191,7 +211,7 @@ class ClaimStatus:
     async def _settle_one(self, key: str, claim: Claim) -> bool:
         """Bring one claim's entries up to date; False when it must be looked at again."""
         now = self.clock()
-        bound = self.bound(claim)
+        bound = self._bound(claim)
         desired: list[tuple[tuple[str, str, str], Entry]] = []
         decided: list[Assessment] = []
         for device in claim.devices:
@@ -230,12 +250,11 @@ class ClaimStatus:
         self, device: Allocated, judgement: Judgement, assessment: Assessment
     ) -> None:
         """Keep the scheduler off a device before telling it the binding failed."""
-        endpoint = judgement.endpoint
-        if endpoint is None:
+        if judgement.device is None:
             return  # not published: nothing to schedule onto
         assert assessment.entry is not None
         reason = assessment.entry.conditions[0].reason
-        await self.withdraw(device.pool, endpoint.index, reason)
+        await self.withdrawer.withdraw(device.pool, judgement.device.index, reason)
 
     async def _apply(
         self, key: str, claim: Claim, desired: list[tuple[tuple[str, str, str], Entry]]
@@ -259,7 +278,7 @@ class ClaimStatus:
             f"{claim.name}/status"
         )
         try:
-            answer = await self.kube.request(
+            await self.kube.request(
                 "PATCH",
                 path,
                 body=body,
@@ -268,7 +287,7 @@ class ClaimStatus:
             )
         except errors.NotFoundError:
             WRITES.labels("gone").inc()
-            self.claims.forget(key)
+            self._gone[key] = claim.uid
             return False
         except errors.ConflictError as exc:
             # The uid no longer matches: deleted and created again. The new claim's watch
@@ -294,9 +313,6 @@ class ClaimStatus:
             return False
         WRITES.labels("ok").inc()
         self._backoff.pop(key, None)
-        record = self.claims.extract(answer)
-        if record is not None and object_key(answer) == key:
-            self.claims.items[key] = record
         return True
 
     def _fail(self, key: str) -> float:

@@ -1,4 +1,8 @@
-"""From a backend's inventory to the ResourceSlices of its pool: pure functions.
+"""From a backend's inventory to the ResourceSlices of its pool: the desired state.
+
+Everything here is a pure function of its inputs (the inventory, the node, the
+verdicts, the policy and the server's features), so the publisher can compare the
+result with what is stored and write only the difference.
 
 A pool is one backend node. Each GPU becomes one device (``exclusive``: one claim at
 a time), K devices sharing its memory (``slots``), or one device several claims
@@ -20,14 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dra_driver.controller.features import FAILURE_CONDITION, READY_CONDITION, Features
 from dra_driver.controller.health import Verdict
 from dra_driver.controller.settings import Sharing
+from dra_driver.device import GPUDevice
 from dra_driver.models import GPU, Inventory
 from dra_driver.quantity import format_bytes
 
 FRONTEND_LABEL = "gvirtus.io/frontend.allowed"
-READY_CONDITION = "gvirtus.io/BackendReady"
-FAILURE_CONDITION = "gvirtus.io/BackendUnavailable"
 UNHEALTHY_TAINT = "gvirtus.io/unhealthy"
 BINDING_FAILED = "binding-failed"
 OVERLOADED_TAINT = "gvirtus.io/overloaded"
@@ -42,15 +46,6 @@ TaintTimes = Mapping[tuple[str, str, str], str]
 
 
 @dataclass(frozen=True)
-class Features:
-    """Fields the API server keeps (its feature gates are on)."""
-
-    taints: bool = True
-    capacity: bool = True
-    binding: bool = True
-
-
-@dataclass(frozen=True)
 class NodeInfo:
     """What a pool needs of its backend's Node."""
 
@@ -58,6 +53,18 @@ class NodeInfo:
     uid: str
     zone: str | None = None
     region: str | None = None
+
+
+def node_info(obj: Obj) -> NodeInfo:
+    """What a pool needs of a Node."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return NodeInfo(
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        zone=labels.get("topology.kubernetes.io/zone"),
+        region=labels.get("topology.kubernetes.io/region"),
+    )
 
 
 @dataclass(frozen=True)
@@ -86,25 +93,23 @@ def cuda_semver(version: str) -> str:
     return ".".join(str(int(p)) for p in parts)
 
 
-def attributes(gpu: GPU, inventory: Inventory, node: NodeInfo) -> Obj:
-    """The attributes every device of ``gpu`` carries."""
-    found: Obj = {
-        "model": {"string": gpu.model},
-        "uuid": {"string": gpu.uuid},
-        "index": {"int": gpu.index},
-        "backendNode": {"string": inventory.node_name},
-        "backendAddress": {"string": inventory.address},
-        "backendPort": {"int": gpu.port},
-        "cudaVersion": {"version": cuda_semver(gpu.cuda_version)},
-        "driverVersion": {"string": gpu.driver_version},
-        "transport": {"string": "tcp"},
-        "simulated": {"bool": inventory.simulated},
-    }
-    if node.zone:
-        found["zone"] = {"string": node.zone}
-    if node.region:
-        found["region"] = {"string": node.region}
-    return found
+def gpu_device(gpu: GPU, inventory: Inventory, node: NodeInfo) -> GPUDevice:
+    """What every device of ``gpu`` says about it and its backend."""
+    return GPUDevice(
+        name=f"gpu-{gpu.index}",
+        index=gpu.index,
+        uuid=gpu.uuid,
+        model=gpu.model,
+        node=inventory.node_name,
+        address=inventory.address,
+        port=gpu.port,
+        cuda_version=cuda_semver(gpu.cuda_version),
+        driver_version=gpu.driver_version,
+        transport="tcp",
+        simulated=inventory.simulated,
+        zone=node.zone,
+        region=node.region,
+    )
 
 
 def _shapes(gpu: GPU, sharing: Sharing, policy: DevicePolicy) -> list[tuple[str, Obj]]:
@@ -182,7 +187,7 @@ def devices(
         held = (withdrawn or {}).get(gpu.index)
         if not features.taints and (not verdict.healthy or held is not None):
             continue
-        shared = attributes(gpu, inventory, node)
+        shared = gpu_device(gpu, inventory, node).attributes()
         for name, fields in _shapes(gpu, sharing, policy):
             device: Obj = {"name": name, "attributes": shared, **fields}
             if features.taints and (taints := _taints(name, verdict, held, taint_times, now)):
@@ -247,6 +252,42 @@ def slice_object(
             "devices": devices,
         },
     }
+
+
+def desired_slices(
+    *,
+    driver: str,
+    node: NodeInfo,
+    inventory: Inventory,
+    verdicts: Mapping[int, Verdict],
+    withdrawn: Mapping[int, str],
+    policy: DevicePolicy,
+    features: Features,
+    existing: Mapping[str, Obj],
+    now: str,
+) -> list[Obj]:
+    """The slices the pool of ``node`` should consist of (generation left at 0).
+
+    ``existing`` (the pool's slices as stored) only lends the ``timeAdded`` of taints
+    that stay, so a taint keeps its time across rewrites and restarts.
+    """
+    found = devices(
+        inventory=inventory,
+        node=node,
+        verdicts=verdicts,
+        policy=policy,
+        features=features,
+        withdrawn=withdrawn,
+        taint_times=taint_times(existing),
+        now=now,
+    )
+    groups = split(found, features=features)
+    return [
+        slice_object(
+            driver=driver, node=node, index=i, count=len(groups), generation=0, devices=group
+        )
+        for i, group in enumerate(groups)
+    ]
 
 
 _TAINT_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -5,27 +5,21 @@ nothing is written. Otherwise every slice of the pool is written with the next
 generation (consumers use only a pool's newest generation, so they must all carry
 it): changed and new slices first, obsolete ones last. Each answer is compared with
 what was sent: gated fields the server dropped mean its feature gate is off, which
-the caller learns through :class:`DroppedFieldsError` and stops asking for.
+the result reports, so the caller stops asking for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
 
-from dra_driver.controller.pools import (
-    FAILURE_CONDITION,
-    MANAGED_BY,
-    READY_CONDITION,
-    Features,
-    NodeInfo,
-    slice_object,
-)
+from dra_driver.controller.features import SLICES_PATH, Features, dropped_features
+from dra_driver.controller.pools import MANAGED_BY
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.index import Index
@@ -33,7 +27,6 @@ from dra_driver.kube.watch import WatchEvent
 
 log = logging.getLogger(__name__)
 
-SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 WRITES = Counter(
     "gvirtus_dra_controller_slice_writes_total", "ResourceSlice writes, by verb.", ["verb"]
 )
@@ -43,38 +36,14 @@ for _verb in ("create", "update", "delete"):
 Obj = dict[str, Any]
 
 
-class DroppedFieldsError(Exception):
-    """The API server silently dropped fields; ``features`` is what it does keep."""
+@dataclass(frozen=True)
+class Published:
+    """What publishing a pool did."""
 
-    def __init__(self, features: Features, dropped: list[str]) -> None:
-        super().__init__(", ".join(dropped))
-        self.features = features
-        self.dropped = dropped
-
-
-def dropped_features(sent: Obj, stored: Obj, features: Features) -> tuple[Features, list[str]]:
-    """Compare a written slice with the server's answer: which gated fields vanished."""
-    kept = features
-    dropped = []
-    stored_devices = {d.get("name"): d for d in (stored.get("spec") or {}).get("devices") or []}
-    for device in (sent.get("spec") or {}).get("devices") or []:
-        answer = stored_devices.get(device["name"], {})
-        if device.get("taints") and not answer.get("taints") and kept.taints:
-            kept = dataclasses.replace(kept, taints=False)
-            dropped.append("device taints (DRADeviceTaints)")
-        if device.get("bindingConditions") and not answer.get("bindingConditions") and kept.binding:
-            kept = dataclasses.replace(kept, binding=False)
-            dropped.append("binding conditions (DRADeviceBindingConditions)")
-        policy = (device.get("capacity") or {}).get("memory", {}).get("requestPolicy")
-        answered = (answer.get("capacity") or {}).get("memory", {}).get("requestPolicy")
-        if (
-            (device.get("allowMultipleAllocations") or policy)
-            and kept.capacity
-            and (not answer.get("allowMultipleAllocations") or not answered)
-        ):
-            kept = dataclasses.replace(kept, capacity=False)
-            dropped.append("consumable capacity (DRAConsumableCapacity)")
-    return kept, dropped
+    wrote: bool
+    kept: Features | None = None
+    """The features the server kept, when it dropped some (else None)."""
+    dropped: list[str] = field(default_factory=list)
 
 
 class SliceStore(Index[Obj]):
@@ -132,6 +101,11 @@ def _older(obj: Obj, than: Obj) -> bool:
     return bool(mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs))
 
 
+def _with_generation(obj: Obj, generation: int) -> Obj:
+    spec = obj["spec"]
+    return {**obj, "spec": {**spec, "pool": {**spec["pool"], "generation": generation}}}
+
+
 def _comparable(spec: Obj) -> Obj:
     pool = dict(spec.get("pool") or {})
     pool.pop("generation", None)
@@ -156,41 +130,20 @@ class Publisher:
             for d in desired
         )
 
-    def desired(self, *, node: NodeInfo, groups: list[list[Obj]], generation: int = 0) -> list[Obj]:
-        """The slice objects of a pool split into ``groups``."""
-        return [
-            slice_object(
-                driver=self.driver,
-                node=node,
-                index=i,
-                count=len(groups),
-                generation=generation,
-                devices=group,
-            )
-            for i, group in enumerate(groups)
-        ]
-
     async def publish(
-        self,
-        *,
-        node: NodeInfo,
-        groups: list[list[Obj]],
-        existing: dict[str, Obj],
-        features: Features,
-    ) -> bool:
-        """Make the pool of ``node`` hold ``groups``; return whether anything was written.
+        self, *, desired: list[Obj], existing: dict[str, Obj], features: Features
+    ) -> Published:
+        """Make a pool hold ``desired`` (its slices, generation 0); write only a difference.
 
         Raises:
-            DroppedFieldsError: the server did not keep gated fields (written anyway).
             KubeError: a write failed; the next round tries again.
         """
-        desired = self.desired(node=node, groups=groups)
         if self.unchanged(existing, desired):
-            return False
+            return Published(wrote=False)
         generation = 1 + max(
             (int(o["spec"]["pool"].get("generation", 0)) for o in existing.values()), default=0
         )
-        desired = self.desired(node=node, groups=groups, generation=generation)
+        desired = [_with_generation(obj, generation) for obj in desired]
         answers = await asyncio.gather(
             *(self._put(obj, existing.get(obj["metadata"]["name"])) for obj in desired)
         )
@@ -204,9 +157,7 @@ class Publisher:
         for sent, stored in zip(desired, answers, strict=True):
             kept, more = dropped_features(sent, stored, kept)
             dropped += more
-        if dropped:
-            raise DroppedFieldsError(kept, dropped)
-        return True
+        return Published(wrote=True, kept=kept if dropped else None, dropped=dropped)
 
     async def remove(self, existing: dict[str, Obj]) -> None:
         """Delete every slice of a pool."""
@@ -262,37 +213,3 @@ class Publisher:
                     },
                 )
             self.store.deleted(obj["metadata"]["name"])
-
-
-async def probe_features(kube: KubeClient, *, driver: str) -> Features:
-    """Ask the API server, with a dry-run create, which gated fields it keeps."""
-    device = {
-        "name": "probe",
-        "allowMultipleAllocations": True,
-        "capacity": {
-            "memory": {
-                "value": "2Gi",
-                "requestPolicy": {
-                    "default": "1Gi",
-                    "validRange": {"min": "1Gi", "max": "2Gi", "step": "1Gi"},
-                },
-            }
-        },
-        "taints": [{"key": "gvirtus.io/probe", "value": "probe", "effect": "NoSchedule"}],
-        "bindingConditions": [READY_CONDITION],
-        "bindingFailureConditions": [FAILURE_CONDITION],
-    }
-    probe = {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceSlice",
-        "metadata": {"generateName": "gvirtus-dra-feature-probe-"},
-        "spec": {
-            "driver": driver,
-            "pool": {"name": "gvirtus-dra-feature-probe", "generation": 0, "resourceSliceCount": 1},
-            "allNodes": True,
-            "devices": [device],
-        },
-    }
-    stored = await kube.request("POST", SLICES_PATH, query={"dryRun": "All"}, body=probe)
-    features, _ = dropped_features(probe, stored, Features())
-    return features

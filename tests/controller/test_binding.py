@@ -7,12 +7,19 @@ import json
 import pytest
 
 from dra_driver.controller import binding
-from dra_driver.controller.binding import Endpoint, Judgement, Step
+from dra_driver.controller.binding import Judgement, Step
 from dra_driver.controller.claims import Allocated, Entry
 from dra_driver.controller.health import Verdict
+from dra_driver.device import GPUDevice
 
-ENDPOINT = Endpoint(
-    node="gpu-node-a", address="10.0.0.5", port=9999, uuid="GPU-1", model="NVIDIA H100", index=0
+ENDPOINT = GPUDevice(
+    name="gpu-0",
+    node="gpu-node-a",
+    address="10.0.0.5",
+    port=9999,
+    uuid="GPU-1",
+    model="NVIDIA H100",
+    index=0,
 )
 HEALTHY = Verdict(healthy=True)
 DOWN = Verdict(healthy=False, reason="backend-down", message="gvirtus-backend exited with 1")
@@ -25,9 +32,9 @@ FAILURE = "gvirtus.io/BackendUnavailable"
 
 
 def judged(
-    verdict: Verdict | None, *, endpoint: Endpoint | None = ENDPOINT, fresh: bool = True
+    verdict: Verdict | None, *, endpoint: GPUDevice | None = ENDPOINT, fresh: bool = True
 ) -> Judgement:
-    return Judgement(endpoint=endpoint, verdict=verdict, fresh=fresh)
+    return Judgement(device=endpoint, verdict=verdict, fresh=fresh)
 
 
 def written(assessment: binding.Assessment) -> dict[str, tuple[str, str]]:
@@ -129,7 +136,7 @@ def test_a_device_in_its_binding_phase_is_confirmed_failed_or_kept_waiting(
 def test_devices_outside_the_binding_phase_get_a_live_record_and_never_the_failure_condition(
     device: Allocated,
     verdict: Verdict | None,
-    endpoint: Endpoint | None,
+    endpoint: GPUDevice | None,
     conditions: dict[str, tuple[str, str]],
 ) -> None:
     assessment = binding.assess(
@@ -201,7 +208,7 @@ def test_a_backend_lost_after_confirmation_but_before_the_pod_is_bound_fails_it(
 
 
 def test_a_failed_device_is_left_to_the_scheduler() -> None:
-    failed = binding.failure("BackendDown", "down", ENDPOINT.data).entry
+    failed = binding.failure("BackendDown", "down", binding.status_data(ENDPOINT)).entry
 
     assessment = binding.assess(
         device=WAITS, binding=True, current=failed, judgement=judged(HEALTHY), waited=5, timeout=60
@@ -211,7 +218,7 @@ def test_a_failed_device_is_left_to_the_scheduler() -> None:
 
 
 def test_a_failure_left_on_a_bound_claim_is_cleared_once_the_backend_serves() -> None:
-    failed = binding.failure("BackendDown", "down", ENDPOINT.data).entry
+    failed = binding.failure("BackendDown", "down", binding.status_data(ENDPOINT)).entry
 
     assessment = binding.assess(
         device=WAITS, binding=False, current=failed, judgement=judged(HEALTHY), waited=5, timeout=60

@@ -7,6 +7,7 @@ from typing import Any
 
 from dra_driver.controller.claims import Allocated, Claim, ClaimIndex
 from dra_driver.controller.claimstatus import ClaimStatus
+from dra_driver.controller.pods import PodIndex
 
 
 class Counting(ClaimStatus):
@@ -17,8 +18,20 @@ class Counting(ClaimStatus):
         return await super()._settle_one(key, claim)
 
 
-async def never_called(pool: str, index: int, reason: str) -> None:
-    raise AssertionError("nothing to withdraw")
+class Nothing:
+    """No device is published, no verdict known, no agent ever answered."""
+
+    def device(self, pool: str, name: str) -> None:
+        return None
+
+    def verdict(self, pool: str, index: int) -> None:
+        return None
+
+    def answered(self, pool: str) -> None:
+        return None
+
+    async def withdraw(self, pool: str, index: int, reason: str) -> None:
+        raise AssertionError("nothing to withdraw")
 
 
 async def test_an_undecided_claim_does_not_spin_the_loop() -> None:
@@ -35,11 +48,9 @@ async def test_an_undecided_claim_does_not_spin_the_loop() -> None:
         kube=None,  # type: ignore[arg-type]
         driver="gpu.gvirtus.io",
         claims=claims,
-        endpoints=lambda pool, device: None,
-        verdicts=lambda pool, index: None,
-        answered=lambda pool: None,
-        bound=lambda claim: False,
-        withdraw=never_called,
+        pods=PodIndex(),
+        devices=Nothing(),
+        withdrawer=Nothing(),
         events=None,  # type: ignore[arg-type]
         binding_timeout=60,
     )

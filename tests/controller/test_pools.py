@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from dra_driver.controller import pools
+from dra_driver.controller.features import Features
 from dra_driver.controller.health import Verdict
-from dra_driver.controller.pools import DevicePolicy, Features, NodeInfo
+from dra_driver.controller.pools import DevicePolicy, NodeInfo
 from dra_driver.controller.settings import Sharing
 from dra_driver.kube.client import KubeClient
 from dra_driver.models import Inventory

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from dra_driver.controller.pools import Features, NodeInfo
-from dra_driver.controller.slices import Publisher, SliceStore, dropped_features, probe_features
+from dra_driver.controller import pools
+from dra_driver.controller.features import Features, dropped_features, probe_features
+from dra_driver.controller.pools import NodeInfo
+from dra_driver.controller.slices import Publisher, SliceStore
 from dra_driver.kube.client import KubeClient
 from tests.support.apiserver import APIServer
 
@@ -38,6 +41,20 @@ def devices(count: int, *, tainted: bool = False) -> list[dict[str, object]]:
     ]
 
 
+def desired(groups: list[list[dict[str, object]]], *, generation: int = 0) -> list[dict[str, Any]]:
+    return [
+        pools.slice_object(
+            driver="gpu.gvirtus.io",
+            node=NODE,
+            index=i,
+            count=len(groups),
+            generation=generation,
+            devices=group,
+        )
+        for i, group in enumerate(groups)
+    ]
+
+
 @pytest.fixture
 async def kube(kubeconfig: pathlib.Path) -> AsyncIterator[KubeClient]:
     client = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
@@ -51,20 +68,23 @@ async def test_a_shrinking_pool_bumps_the_generation_and_drops_stale_slices(
     store = SliceStore(driver="gpu.gvirtus.io")
     publisher = Publisher(kube=kube, store=store, concurrency=4)
 
-    assert await publisher.publish(
-        node=NODE, groups=[devices(64), devices(6)], existing={}, features=Features()
-    )
-    pools = store.pools()["gpu-node-a"]
     assert (
         await publisher.publish(
-            node=NODE, groups=[devices(64), devices(6)], existing=pools, features=Features()
+            desired=desired([devices(64), devices(6)]), existing={}, features=Features()
         )
-        is False
-    )
+    ).wrote
+    stored_pool = store.pools()["gpu-node-a"]
+    assert (
+        await publisher.publish(
+            desired=desired([devices(64), devices(6)]), existing=stored_pool, features=Features()
+        )
+    ).wrote is False
     writes = len(apiserver.writes())
-    assert await publisher.publish(
-        node=NODE, groups=[devices(3)], existing=pools, features=Features()
-    )
+    assert (
+        await publisher.publish(
+            desired=desired([devices(3)]), existing=stored_pool, features=Features()
+        )
+    ).wrote
 
     stored = apiserver.list("resourceslices")
     assert [s["metadata"]["name"] for s in stored] == ["gpu.gvirtus.io-gpu-node-a-0"]
@@ -84,11 +104,13 @@ async def test_a_slice_someone_else_created_is_adopted(
 ) -> None:
     store = SliceStore(driver="gpu.gvirtus.io")
     publisher = Publisher(kube=kube, store=store, concurrency=4)
-    stray = publisher.desired(node=NODE, groups=[devices(1)], generation=7)[0]
+    stray = desired([devices(1)], generation=7)[0]
     stray["metadata"]["labels"] = {}
     apiserver.put(stray)
 
-    assert await publisher.publish(node=NODE, groups=[devices(2)], existing={}, features=Features())
+    assert (
+        await publisher.publish(desired=desired([devices(2)]), existing={}, features=Features())
+    ).wrote
 
     (stored,) = apiserver.list("resourceslices")
     assert stored["metadata"]["labels"] == {

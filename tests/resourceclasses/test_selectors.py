@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from dra_driver.controller import pools
-from dra_driver.controller.pools import DevicePolicy, Features, NodeInfo
+from dra_driver.controller.features import Features
+from dra_driver.controller.pools import DevicePolicy, NodeInfo
 from dra_driver.models import Inventory, parse_config
 from tests.models.test_inventory import gpu, inventory
 from tests.support import cel, manifests
