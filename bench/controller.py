@@ -160,7 +160,10 @@ async def run(*, nodes: int, gpus: int, trials: int, quiet: float) -> dict[str, 
     raise_file_limit()
     root = pathlib.Path(tempfile.mkdtemp(prefix="gd-bench-ctl-", dir="/tmp"))
     seed = [objects.node(name=f"gpu-{i:04d}", frontend=False) for i in range(nodes)]
-    seed += [objects.agent_pod(node=f"gpu-{i:04d}", ip=loopback(i)) for i in range(nodes)]
+    seed += [
+        objects.agent_pod(node=f"gpu-{i:04d}", ip=loopback(i), host_ip=f"10.{i // 250}.{i % 250}.1")
+        for i in range(nodes)
+    ]
     (root / "seed.json").write_text(json.dumps(seed))
     apiserver = standalone_apiserver(kubeconfig=root / "kubeconfig", seed=root / "seed.json")
     agents = Agents(nodes=nodes, gpus=gpus)

@@ -1,7 +1,10 @@
 """The backend agents the controller polls, found through their pods.
 
-An agent is a pod labelled as one (in the controller's namespace), scheduled, with
-an address and not being deleted; per node the newest such pod counts. Each node's
+An agent is a pod labelled as one (in the controller's namespace), created by the
+agent DaemonSet (not a mirror pod a node made itself: its kubelet could say
+anything), scheduled, with an address and not being deleted; per node the newest
+such pod counts. Its inventory is believed only for the node the pod runs on and
+only with that pod's host IP as the backend address (see :mod:`poller`). Each node's
 agent has one :class:`AgentState` (its last good inventory, when it answered, since
 when it fails), kept across rounds while the pod stays the same and started afresh
 when the node's agent pod changes address.
@@ -9,6 +12,7 @@ when the node's agent pod changes address.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,32 +27,54 @@ BACKENDS = Gauge("gvirtus_dra_controller_backends", "Backend agents by state.", 
 Obj = dict[str, Any]
 
 
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
 @dataclass(frozen=True)
 class AgentPod:
     """A backend agent pod that can be polled."""
 
     node: str
     ip: str
+    host_ip: str
     created: str
 
 
-def agent_pod(obj: Obj) -> AgentPod | None:
-    """The pollable part of an agent pod (None while unscheduled, unaddressed or deleting)."""
+def agent_pod(obj: Obj, *, daemonset: str) -> AgentPod | None:
+    """The pollable part of an agent pod; None for any pod that is not one (yet).
+
+    Not one: a pod the DaemonSet ``daemonset`` did not create, a mirror pod, or one
+    unscheduled, without addresses, or being deleted.
+    """
     meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    if not _made_by(meta, daemonset=daemonset):
+        return None
     if meta.get("deletionTimestamp") or not spec.get("nodeName") or not status.get("podIP"):
         return None
     return AgentPod(
-        node=spec["nodeName"], ip=status["podIP"], created=meta.get("creationTimestamp", "")
+        node=spec["nodeName"],
+        ip=status["podIP"],
+        host_ip=str(status.get("hostIP") or ""),
+        created=meta.get("creationTimestamp", ""),
+    )
+
+
+def _made_by(meta: Obj, *, daemonset: str) -> bool:
+    if MIRROR_ANNOTATION in (meta.get("annotations") or {}):
+        return False
+    return any(
+        ref.get("kind") == "DaemonSet" and ref.get("name") == daemonset and ref.get("controller")
+        for ref in meta.get("ownerReferences") or []
     )
 
 
 class Agents:
     """Owns one :class:`AgentState` per node with an agent pod."""
 
-    def __init__(self, *, port: int, clock: Callable[[], float]) -> None:
+    def __init__(self, *, port: int, daemonset: str, clock: Callable[[], float]) -> None:
         self.port = port
         self.clock = clock
-        self.pods: Index[AgentPod] = Index(agent_pod)
+        self.pods: Index[AgentPod] = Index(functools.partial(agent_pod, daemonset=daemonset))
         self.states: dict[str, AgentState] = {}
 
     def sync(self) -> None:
@@ -62,8 +88,10 @@ class Agents:
         for node, pod in newest.items():
             url = f"http://{pod.ip}:{self.port}"
             state = self.states.get(node)
-            if state is None or state.url != url:
-                self.states[node] = AgentState(node=node, url=url, seen_at=self.clock())
+            if state is None or state.url != url or state.host_ip != pod.host_ip:
+                self.states[node] = AgentState(
+                    node=node, url=url, host_ip=pod.host_ip, seen_at=self.clock()
+                )
 
     def answered(self, node: str) -> float | None:
         """When (``clock``) the node's agent last answered; None if never."""

@@ -136,7 +136,7 @@ def wire(
     s = settings
     policy = policy_of(s)
     nodes: Index[NodeInfo] = Index(node_info)
-    agents = Agents(port=s.agent_port, clock=clock)
+    agents = Agents(port=s.agent_port, daemonset=s.agent_daemonset, clock=clock)
     store = SliceStore(driver=s.driver_name)
     claims = ClaimIndex(driver=s.driver_name)
     pods = PodIndex()

@@ -3,8 +3,9 @@
 Each agent keeps its last good inventory and when it last answered; one failure
 is only a failure (the health verdict waits for the grace period). An answer is
 read up to a size limit, validated whole, and must come from the node the agent's
-pod runs on; anything else is rejected with the reason logged, and the last good
-inventory stays. With ``If-None-Match`` an unchanged inventory costs a 304.
+pod runs on and name that pod's host IP as the backend address; anything else is
+rejected with the reason logged, and the last good inventory stays. With
+``If-None-Match`` an unchanged inventory costs a 304.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class AgentState:
     node: str
     url: str
     seen_at: float
+    host_ip: str = ""
+    """The agent pod's host IP: the only backend address its inventory may name."""
     inventory: Inventory | None = None
     etag: str | None = None
     answered_at: float | None = None
@@ -122,6 +125,9 @@ class Poller:
             if inventory.node_name != state.node:
                 where = f"the node its pod runs on ({state.node!r})"
                 raise InventoryError(f"nodeName {inventory.node_name!r} is not {where}")
+            if inventory.address != state.host_ip:
+                where = f"the host IP of its pod ({state.host_ip or 'none yet'})"
+                raise InventoryError(f"address {inventory.address} is not {where}")
             changed = inventory != state.inventory
             state.inventory, state.etag = inventory, response.headers.get("ETag")
             return changed

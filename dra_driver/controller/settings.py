@@ -48,6 +48,10 @@ class ControllerSettings(Settings):
         "app.kubernetes.io/component=backend-agent,app.kubernetes.io/part-of=gvirtus-dra",
         description="label selector of backend agent pods",
     )
+    agent_daemonset: str = Field(
+        "gvirtus-dra-backend-agent",
+        description="the DaemonSet whose pods are backend agents (others are ignored)",
+    )
     agent_port: int = Field(9450, ge=1, le=65535, description="port of the agents' HTTP API")
     poll_interval: float = Field(1.0, ge=0.1, le=300, description="seconds between inventory polls")
     poll_timeout: float = Field(2.0, gt=0, le=60, description="seconds an agent has to answer")

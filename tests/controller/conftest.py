@@ -51,7 +51,7 @@ class Cluster:
             port=self.agent_port,
         )
         self.agents[node] = await agent.ready()
-        self.apiserver.put(objects.agent_pod(node=node, ip=loopback))
+        self.apiserver.put(objects.agent_pod(node=node, ip=loopback, host_ip=address))
         return agent
 
     def settings(self, **overrides: Any) -> ControllerSettings:

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from dra_driver.controller.settings import Sharing
 from tests.controller.conftest import Cluster
@@ -427,3 +428,44 @@ async def test_an_overloaded_gpu_takes_no_new_claims_until_load_drops(cluster: C
         for _, writer in held:
             writer.close()
     await cluster.until(lambda: taint(cluster.devices("gpu-node-a"), "gpu-0") is None)
+
+
+def rounds() -> float:
+    return REGISTRY.get_sample_value("gvirtus_dra_controller_reconcile_duration_seconds_count") or 0
+
+
+@pytest.mark.parametrize(
+    ("change", "rejected"),
+    [
+        pytest.param({"daemonset": None}, False, id="no-owner"),
+        pytest.param({"daemonset": "someone-elses"}, False, id="another-daemonset"),
+        pytest.param({"mirror": True}, False, id="mirror-pod"),
+        pytest.param({"host_ip": "10.9.9.9"}, True, id="inventory-names-another-address"),
+    ],
+)
+async def test_only_the_agent_daemonsets_pods_speak_for_their_node(
+    cluster: Cluster, change: dict[str, Any], rejected: bool
+) -> None:
+    await cluster.add_backend("forged-node")
+    await cluster.add_backend("good-node")
+    mirror = change.pop("mirror", False)
+    pod = objects.agent_pod(
+        node="forged-node", ip="127.0.0.31", **{"host_ip": "10.0.0.31", **change}
+    )
+    if mirror:
+        pod["metadata"]["annotations"] = {"kubernetes.io/config.mirror": "0123abcd"}
+    cluster.apiserver.put(pod)
+    before = REGISTRY.get_sample_value(
+        "gvirtus_dra_controller_inventories_rejected_total", {"reason": "address"}
+    )
+    cluster.start_controller()
+
+    await cluster.until(lambda: cluster.pool("good-node"))
+    seen = rounds()
+    await cluster.until(lambda: rounds() >= seen + 3)
+
+    assert not cluster.pool("forged-node")
+    after = REGISTRY.get_sample_value(
+        "gvirtus_dra_controller_inventories_rejected_total", {"reason": "address"}
+    )
+    assert ((after or 0) > (before or 0)) is rejected

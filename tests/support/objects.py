@@ -181,23 +181,47 @@ AGENT_LABELS = {
 
 
 def agent_pod(
-    *, node: str, ip: str, namespace: str = "gvirtus-system", name: str | None = None
+    *,
+    node: str,
+    ip: str,
+    host_ip: str | None = None,
+    namespace: str = "gvirtus-system",
+    name: str | None = None,
+    daemonset: str | None = "gvirtus-dra-backend-agent",
 ) -> dict[str, Any]:
-    """A running backend agent pod, the way the controller finds agents."""
+    """A running backend agent pod, the way the controller finds agents.
+
+    ``ip`` is where the controller reaches the agent; ``host_ip`` (default ``ip``) the
+    backend address its inventory must name. In a cluster both are the node's address
+    (agents use the host network); tests reach agents on loopback addresses while they
+    publish routable ones. ``daemonset`` None makes a pod no DaemonSet owns.
+    """
+    meta: dict[str, Any] = {
+        "name": name or f"backend-agent-{node}",
+        "namespace": namespace,
+        "labels": dict(AGENT_LABELS),
+    }
+    if daemonset is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "name": daemonset,
+                "uid": "5d1e0000-0000-4000-8000-00000000a9e7",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name or f"backend-agent-{node}",
-            "namespace": namespace,
-            "labels": dict(AGENT_LABELS),
-        },
+        "metadata": meta,
         "spec": {
             "nodeName": node,
             "hostNetwork": True,
             "containers": [{"name": "agent", "image": "gvirtus-dra"}],
         },
-        "status": {"phase": "Running", "podIP": ip, "hostIP": ip},
+        "status": {"phase": "Running", "podIP": ip, "hostIP": host_ip or ip},
     }
 
 
