@@ -21,12 +21,13 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2 as reg_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from dra_driver.plugin.faults import POINTS
-from tests.support import cdi_check, gvirtus, kubelet, objects
+from tests.support import cdi_check, components, gvirtus, kubelet, objects
 from tests.support.apiserver import APIServer
 from tests.support.kubelet import Claim, Plugin
 from tests.support.objects import Config, Device, Result, gvirtus_config
@@ -626,6 +627,15 @@ async def test_probes_and_metrics(apiserver: APIServer, start: Callable[..., Any
         'gvirtus_dra_grpc_operations_duration_seconds_count{grpc_status_code="OK",'
         'method_name="/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources"}'
     ) in metrics
+    others = {
+        name
+        for command in components.OWNERS
+        if command != "kubelet-plugin"
+        for name, module in components.series(command).items()
+        if components.owner(module) == command
+    }
+    exported = {family.name for family in text_string_to_metric_families(metrics)}
+    assert others and exported & others == set(), "only the plugin's own series"
     await plugin.close()
 
 
