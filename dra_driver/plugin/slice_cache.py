@@ -16,12 +16,15 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
 
-from dra_driver.kube.client import KubeClient
+from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.watch import WatchEvent
+
+if TYPE_CHECKING:
+    from dra_driver.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +89,14 @@ class Notifier:
 
 
 class SliceCache:
-    """Consumes a list-watch of ``spec.driver=<driver>`` ResourceSlices."""
+    """Consumes a list-watch of ``spec.driver=<driver>`` ResourceSlices.
 
-    def __init__(self, *, driver: str, kube: KubeClient, sync_timeout: float = 5.0) -> None:
+    Direct reads need the API client, given here or later through :meth:`connect`.
+    """
+
+    def __init__(
+        self, *, driver: str, kube: KubeClient | None = None, sync_timeout: float = 5.0
+    ) -> None:
         self.driver = driver
         self.kube = kube
         self.sync_timeout = sync_timeout
@@ -98,6 +106,10 @@ class SliceCache:
         self._pools: dict[str, dict[str, DeviceInfo]] = {}
         self._direct_read: asyncio.Task[dict[str, dict[str, DeviceInfo]]] | None = None
         self._direct_read_at = 0.0
+
+    def connect(self, kube: KubeClient) -> None:
+        """Use ``kube`` for direct reads from now on."""
+        self.kube = kube
 
     @property
     def field_selector(self) -> str:
@@ -208,6 +220,8 @@ class SliceCache:
         return await asyncio.shield(self._direct_read)
 
     async def _list_pools(self) -> dict[str, dict[str, DeviceInfo]]:
+        if self.kube is None:
+            raise kube_errors.TransportError("the API client is not connected yet")
         listed = await self.kube.request(
             "GET", SLICES_PATH, query={"fieldSelector": self.field_selector}
         )

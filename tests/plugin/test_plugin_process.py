@@ -125,6 +125,58 @@ async def test_dra_socket_answers_before_the_registration_socket_appears(
         process.kill()
 
 
+async def test_a_prepare_sent_as_soon_as_the_dra_socket_accepts_succeeds(
+    apiserver: APIServer, start: Callable[..., Any], kubeconfig: pathlib.Path, node_dirs: PluginDirs
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    apiserver.put(claim)
+    crashed = await start()
+    crashed.kill()  # its socket files stay behind and refuse connections
+
+    restarted = PluginProcess(dirs=node_dirs, kubeconfig=kubeconfig)
+    try:
+        await kubelet.accepting(node_dirs.data_dir / "dra.sock")
+        plugin = kubelet.dial(node_dirs.data_dir / "dra.sock")
+        result = (await plugin.prepare([claim_of(claim)]))[claim["metadata"]["uid"]]
+        assert result.error == ""
+        assert [d.device_name for d in result.devices] == ["gpu-0"]
+        await plugin.close()
+    finally:
+        restarted.kill()
+
+
+async def test_calls_during_start_up_wait_for_what_they_need_instead_of_failing(
+    apiserver: APIServer, start: Callable[..., Any], node_dirs: PluginDirs
+) -> None:
+    known, new = objects.allocated_claim(name="known"), objects.allocated_claim(name="new")
+    for obj in (known, new):
+        apiserver.put(obj)
+    first = await start()
+    plugin = await register(first)
+    prepared = (await plugin.prepare([claim_of(known)]))[known["metadata"]["uid"]]
+    await plugin.close()
+    first.kill()
+    release = node_dirs.root / "release-api-client"
+
+    # Held after recovery, before the API client: the window in which a kubelet
+    # that found the new registration socket sends its calls.
+    restarted = await start(env={"GVIRTUS_DRA_PAUSE_AT": f"startup:api-client={release}"})
+    plugin = await register(restarted)
+    waiting = asyncio.create_task(plugin.prepare([claim_of(new)]))
+    async with asyncio.timeout(30):
+        while "call waits for start-up: the API client" not in restarted.logs():
+            await asyncio.sleep(0.02)
+    again = (await plugin.prepare([claim_of(known)]))[known["metadata"]["uid"]]
+    assert again == prepared, "a prepared claim is answered from the checkpoint meanwhile"
+    assert not waiting.done()
+    release.touch()
+
+    result = (await waiting)[new["metadata"]["uid"]]
+    assert result.error == ""
+    assert sorted(invariants(node_dirs)) == sorted(c["metadata"]["uid"] for c in (known, new))
+    await plugin.close()
+
+
 async def test_rejected_registration_is_logged_and_answered_with_an_error(
     start: Callable[..., Any], node_dirs: PluginDirs
 ) -> None:
@@ -611,6 +663,7 @@ async def test_probes_and_metrics(apiserver: APIServer, start: Callable[..., Any
     plugin = await register(process)
     await plugin.prepare([claim_of(claim)])
     await plugin.prepare([Claim("gvirtus-demo", str(uuid.uuid4()), "missing")])
+    await process.http_up()
     base = f"http://127.0.0.1:{process.metrics_port}"
     async with aiohttp.ClientSession() as http:
         for path in ("/healthz", "/readyz"):
@@ -643,6 +696,7 @@ async def test_health_probe_fails_when_a_socket_is_gone(
     start: Callable[..., Any], node_dirs: PluginDirs
 ) -> None:
     process = await start()
+    await process.http_up()
     os.unlink(node_dirs.data_dir / "dra.sock")
     await asyncio.sleep(2.1)  # past the probe cache
     async with (
@@ -650,4 +704,5 @@ async def test_health_probe_fails_when_a_socket_is_gone(
         http.get(f"http://127.0.0.1:{process.metrics_port}/healthz") as response,
     ):
         assert response.status == 503
-        assert "DRA socket: UNAVAILABLE" in await response.text()
+        assert "DRA socket: " in await response.text()
+        assert "is no longer a socket; the kubelet cannot dial it" in await response.text()

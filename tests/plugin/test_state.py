@@ -60,7 +60,7 @@ class Node:
 
 
 def build_state(
-    kube: KubeClient, root: pathlib.Path, *, lock: bool = False
+    kube: KubeClient | None, root: pathlib.Path, *, lock: bool = False, ready_wait: float = 10.0
 ) -> tuple[State, SliceCache]:
     (root / "data").mkdir(parents=True, exist_ok=True)
     slices = SliceCache(driver="gpu.gvirtus.io", kube=kube, sync_timeout=0.2)
@@ -74,6 +74,7 @@ def build_state(
         checkpoint=CheckpointFile(path=root / "data" / "checkpoint.json", driver="gpu.gvirtus.io"),
         claims_dir=root / "data" / "claims",
         cdi_root=root / "cdi",
+        ready_wait=ready_wait,
     )
     return state, slices
 
@@ -568,3 +569,99 @@ async def test_file_lock_serializes_two_instances(short_tmp: pathlib.Path) -> No
 async def _hold(serializer: Serializer, order: list[str]) -> None:
     async with serializer.hold():
         order.append("second got it")
+
+
+# -- start-up: calls that arrive before the plugin is ready ------------------------------
+
+
+async def settle() -> None:
+    """Let every task that can make progress run until it waits for something."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_prepare_during_start_up_waits_for_recovery_then_the_api_client(
+    apiserver: APIServer, kube: KubeClient, short_tmp: pathlib.Path
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    state, _ = build_state(None, short_tmp / "node")
+
+    prepare = asyncio.create_task(state.prepare([ref(claim)]))
+    await settle()
+    assert not prepare.done(), "waits for the recovery of on-disk state"
+    await state.recover()
+    await settle()
+    assert not prepare.done(), "recovered, and still waiting for the API client"
+    state.connect(kube)
+
+    result = (await prepare)[claim["metadata"]["uid"]]
+    assert result.error == ""
+    assert [d.device for d in result.devices] == ["gpu-0"]
+    state.serializer.close()
+
+
+async def test_unprepare_and_prepared_claims_need_only_the_recovery(
+    apiserver: APIServer, node: Node, short_tmp: pathlib.Path
+) -> None:
+    prepared, other = objects.allocated_claim(name="c1"), objects.allocated_claim(name="c2")
+    seed(apiserver, prepared, other)
+    before = (await node.state.prepare([ref(prepared), ref(other)]))[prepared["metadata"]["uid"]]
+    restarted, _ = build_state(None, node.root)  # same node, no API client (yet)
+
+    again = asyncio.create_task(restarted.prepare([ref(prepared)]))
+    unprepare = asyncio.create_task(restarted.unprepare([ref(other)]))
+    await settle()
+    assert not again.done() and not unprepare.done(), "both wait for the recovery"
+    await restarted.recover()
+
+    assert (await again)[prepared["metadata"]["uid"]] == before
+    assert await unprepare == {other["metadata"]["uid"]: ""}
+    assert list(node.recorded()) == [prepared["metadata"]["uid"]]
+    restarted.serializer.close()
+
+
+@pytest.mark.parametrize(
+    ("recovered", "call", "ready_wait", "timeout", "missing"),
+    [
+        (False, "prepare", 0.05, None, "the recovery of on-disk state"),
+        (True, "prepare", 0.05, None, "the API client"),
+        (False, "unprepare", 0.05, None, "the recovery of on-disk state"),
+        (True, "prepare", 10.0, 0.05, "the API client"),
+        (False, "unprepare", 10.0, 0.05, "the recovery of on-disk state"),
+    ],
+    ids=[
+        "prepare-before-recovery",
+        "prepare-without-api-client",
+        "unprepare-before-recovery",
+        "prepare-bounded-by-its-deadline",
+        "unprepare-bounded-by-its-deadline",
+    ],
+)
+async def test_a_start_up_that_does_not_finish_in_time_fails_the_call_naming_what_is_missing(
+    apiserver: APIServer,
+    short_tmp: pathlib.Path,
+    recovered: bool,
+    call: str,
+    ready_wait: float,
+    timeout: float | None,
+    missing: str,
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    uid = claim["metadata"]["uid"]
+    state, _ = build_state(None, short_tmp / "node", ready_wait=ready_wait)
+    if recovered:
+        await state.recover()
+    before = sorted(p.name for p in (short_tmp / "node").rglob("*"))
+
+    if call == "prepare":
+        error = (await state.prepare([ref(claim)], timeout=timeout))[uid].error
+    else:
+        error = (await state.unprepare([ref(claim)], timeout=timeout))[uid]
+
+    assert f"ResourceClaim gvirtus-demo/c1 (uid {uid})" in error
+    assert f"the plugin is still starting: {missing} not ready after" in error
+    assert "the kubelet will retry" in error
+    assert sorted(p.name for p in (short_tmp / "node").rglob("*")) == before, "disk untouched"
+    state.serializer.close()
