@@ -38,7 +38,7 @@ from prometheus_client import Gauge
 from dra_driver import files, gvirtus
 from dra_driver.kube import errors as kube_errors
 from dra_driver.models import ConfigValidationError, GVirtuSConfig, merge_configs, parse_config
-from dra_driver.plugin import cdi
+from dra_driver.plugin import cdi, taints
 from dra_driver.plugin.checkpoint import (
     CheckpointData,
     CheckpointError,
@@ -49,7 +49,7 @@ from dra_driver.plugin.checkpoint import (
 from dra_driver.plugin.faults import crash_point
 from dra_driver.plugin.locking import Serializer
 from dra_driver.plugin.readiness import READY_WAIT, NotReadyError, Part, Readiness
-from dra_driver.plugin.slice_cache import SliceCache
+from dra_driver.plugin.slice_cache import DeviceInfo, SliceCache
 
 if TYPE_CHECKING:
     from dra_driver.kube.client import KubeClient
@@ -367,9 +367,15 @@ class State:
         except kube_errors.KubeError as exc:
             raise ClaimError(f"{ref}: looking up device {where} failed: {exc.message}") from exc
         if info is None:
+            raise ClaimError(f"{ref}: {self._absence(pool=result.pool, device=result.device)}")
+        tolerations = [taints.Toleration.of(t) for t in result.tolerations or []]
+        taint = taints.refusing(info.taints, tolerations)
+        if taint is not None:
             raise ClaimError(
-                f"{ref}: device {where} is not in any ResourceSlice of driver {self.driver} "
-                "(its backend may have been removed)"
+                f"{ref}: device {where} ({_backend(info)}) is unhealthy: "
+                f"{taint.value or 'no reason given'} (taint {taint.key}, effect {taint.effect}); "
+                "not starting a container whose GVirtuS frontend would hang on it, "
+                "the kubelet will retry"
             )
         try:
             endpoint = gvirtus.parse_endpoint(
@@ -397,6 +403,21 @@ class State:
             uuid=str(info.attributes.get("uuid", "")),
             model=str(info.attributes.get("model", "")),
             env=merge_configs(applicable),
+        )
+
+    def _absence(self, *, pool: str, device: str) -> str:
+        """Why a device is not published, naming its backend when it was seen before."""
+        seen = self.slices.last_seen(pool=pool, device=device)
+        backend = f" ({_backend(seen)})" if seen is not None else ""
+        if self.slices.has_pool(pool):
+            return (
+                f"device {pool}/{device}{backend} is not in pool {pool} of driver "
+                f"{self.driver}: its backend left the pool (down or removed); "
+                "the kubelet will retry"
+            )
+        return (
+            f"device {pool}/{device}{backend}: pool {pool} is not published by driver "
+            f"{self.driver}: its backend node is gone or unreachable; the kubelet will retry"
         )
 
     # -- unprepare --------------------------------------------------------------------
@@ -573,6 +594,14 @@ class State:
         if stale:
             self._write_files(claim_uid, entry)
         return len(stale)
+
+
+def _backend(info: DeviceInfo) -> str:
+    """``backend <address>:<port> on node <node>``, with what the slice tells of it."""
+    address = info.attributes.get("backendAddress", "?")
+    port = info.attributes.get("backendPort", "?")
+    node = info.attributes.get("backendNode")
+    return f"backend {address}:{port}" + (f" on node {node}" if node else "")
 
 
 def _read(path: pathlib.Path) -> bytes | None:

@@ -209,12 +209,13 @@ def bad_slice(**device: Any) -> dict[str, Any]:
         (
             {"results": [Result("backend-node-a", "gpu-9")]},
             (BACKEND_A,),
-            "device backend-node-a/gpu-9 is not in any ResourceSlice of driver gpu.gvirtus.io",
+            "device backend-node-a/gpu-9 is not in pool backend-node-a of driver gpu.gvirtus.io: "
+            "its backend left the pool",
         ),
         (
             {"results": [Result("no-such-pool", "gpu-0")]},
             (BACKEND_A,),
-            "device no-such-pool/gpu-0 is not in any",
+            "device no-such-pool/gpu-0: pool no-such-pool is not published by driver",
         ),
         (
             {"results": [Result("backend-bad", "gpu-0")]},
@@ -665,3 +666,176 @@ async def test_a_start_up_that_does_not_finish_in_time_fails_the_call_naming_wha
     assert "the kubelet will retry" in error
     assert sorted(p.name for p in (short_tmp / "node").rglob("*")) == before, "disk untouched"
     state.serializer.close()
+
+
+# -- devices whose backend cannot serve ---------------------------------------------------
+
+UNHEALTHY = ("gvirtus.io/unhealthy", "backend-down", "NoSchedule")
+OVERLOADED = ("gvirtus.io/overloaded", "connections", "NoSchedule")
+
+
+def tainted_slice(*taints: tuple[str, str, str], generation: int = 1) -> dict[str, Any]:
+    return objects.backend_slice(
+        pool="backend-node-a",
+        generation=generation,
+        devices=[Device("gpu-0", uuid="GPU-aaaa-0", taints=taints), Device("gpu-1", port=10000)],
+    )
+
+
+async def published(node: Node, check: Any) -> None:
+    """Wait until the slice cache's view of backend-node-a/gpu-0 satisfies ``check``."""
+    async with asyncio.timeout(10):
+        while not check(node.slices.lookup(pool="backend-node-a", device="gpu-0")):
+            await node.slices.changes.wait(1.0)
+
+
+@pytest.mark.parametrize(
+    ("taints", "tolerations", "refused"),
+    [
+        ((UNHEALTHY,), (), True),
+        ((("gvirtus.io/unhealthy", "backend-down", "NoExecute"),), (), True),
+        ((OVERLOADED,), (), False),
+        ((("example.com/maintenance", "", "NoSchedule"),), (), False),
+        ((UNHEALTHY,), ({"key": "gvirtus.io/unhealthy", "operator": "Exists"},), False),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Equal", "value": "backend-down"},),
+            False,
+        ),
+        ((UNHEALTHY,), ({"key": "gvirtus.io/unhealthy", "value": "backend-down"},), False),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Equal", "value": "backend-wedged"},),
+            True,
+        ),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Exists", "effect": "NoExecute"},),
+            True,
+        ),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Exists", "effect": "NoSchedule"},),
+            False,
+        ),
+        ((UNHEALTHY,), ({"operator": "Exists"},), False),
+        ((UNHEALTHY,), ({"key": "gvirtus.io/overloaded", "operator": "Exists"},), True),
+        ((OVERLOADED, UNHEALTHY), ({"key": "gvirtus.io/overloaded", "operator": "Exists"},), True),
+    ],
+    ids=[
+        "unhealthy",
+        "unhealthy-noexecute",
+        "overloaded-is-policy",
+        "admin-key-is-policy",
+        "tolerated-by-exists",
+        "tolerated-by-equal",
+        "equal-is-the-default-operator",
+        "other-value-not-tolerated",
+        "other-effect-not-tolerated",
+        "same-effect-tolerated",
+        "empty-key-tolerates-everything",
+        "other-key-not-tolerated",
+        "second-taint-not-tolerated",
+    ],
+)
+async def test_a_device_whose_backend_is_unhealthy_is_refused_unless_tolerated(
+    apiserver: APIServer,
+    node: Node,
+    taints: tuple[tuple[str, str, str], ...],
+    tolerations: tuple[dict[str, str], ...],
+    refused: bool,
+) -> None:
+    claim = objects.allocated_claim(
+        name="c1", results=[Result("backend-node-a", "gpu-0", tolerations=tolerations)]
+    )
+    seed(apiserver, claim, slices=(tainted_slice(*taints),))
+    uid = claim["metadata"]["uid"]
+
+    result = (await node.state.prepare([ref(claim)]))[uid]
+
+    if refused:
+        assert result.devices == ()
+        assert f"ResourceClaim gvirtus-demo/c1 (uid {uid})" in result.error
+        assert (
+            "device backend-node-a/gpu-0 (backend 10.0.0.5:9999 on node backend-node-a) "
+            "is unhealthy: " in result.error
+        )
+        assert "the kubelet will retry" in result.error
+        assert node.recorded() == {}
+        assert not list(node.cdi.iterdir())
+    else:
+        assert result.error == ""
+        assert list(node.recorded()) == [uid]
+
+
+async def test_refusal_names_the_reason_and_ends_when_the_backend_recovers(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    wedged = ("gvirtus.io/unhealthy", "backend-wedged", "NoExecute")
+    seed(apiserver, claim, slices=(tainted_slice(wedged),))
+    uid = claim["metadata"]["uid"]
+
+    refused = (await node.state.prepare([ref(claim)]))[uid]
+    apiserver.put(tainted_slice(generation=2))
+    await published(node, lambda info: info is not None and not info.taints)
+    retried = (await node.state.prepare([ref(claim)]))[uid]
+
+    assert "is unhealthy: backend-wedged (taint gvirtus.io/unhealthy, effect NoExecute)" in (
+        refused.error
+    )
+    assert retried.error == ""
+
+
+@pytest.mark.parametrize(
+    ("after", "message"),
+    [
+        (
+            objects.backend_slice(
+                pool="backend-node-a", generation=2, devices=[Device("gpu-1", port=10000)]
+            ),
+            "device backend-node-a/gpu-0 (backend 10.0.0.5:9999 on node backend-node-a) is not "
+            "in pool backend-node-a of driver gpu.gvirtus.io: its backend left the pool",
+        ),
+        (
+            None,
+            "device backend-node-a/gpu-0 (backend 10.0.0.5:9999 on node backend-node-a): "
+            "pool backend-node-a is not published by driver gpu.gvirtus.io: "
+            "its backend node is gone",
+        ),
+    ],
+    ids=["device-left-its-pool", "pool-withdrawn"],
+)
+async def test_a_device_that_left_its_pool_is_refused_naming_its_last_backend(
+    apiserver: APIServer, node: Node, after: dict[str, Any] | None, message: str
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    seed(apiserver, claim)
+    await published(node, lambda info: info is not None)
+    if after is None:
+        apiserver.remove("resourceslices", BACKEND_A["metadata"]["name"])
+    else:
+        apiserver.put(after)
+    await published(node, lambda info: info is None)
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert message in result.error
+    assert "the kubelet will retry" in result.error
+    assert node.recorded() == {}
+
+
+async def test_a_prepared_claim_keeps_its_answer_when_its_backend_turns_unhealthy(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    seed(apiserver, claim)
+    uid = claim["metadata"]["uid"]
+    before = (await node.state.prepare([ref(claim)]))[uid]
+    apiserver.put(tainted_slice(UNHEALTHY, generation=2))
+    await published(node, lambda info: info is not None and info.taints)
+
+    again = (await node.state.prepare([ref(claim)]))[uid]
+
+    assert before.error == ""
+    assert again == before, "a running pod's kubelet re-prepares it after a restart"
