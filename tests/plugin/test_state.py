@@ -8,6 +8,7 @@ test API server holding claims and slices; the process-level tests in
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import pathlib
 import shutil
@@ -839,3 +840,32 @@ async def test_a_prepared_claim_keeps_its_answer_when_its_backend_turns_unhealth
 
     assert before.error == ""
     assert again == before, "a running pod's kubelet re-prepares it after a restart"
+
+
+@pytest.mark.parametrize(
+    ("tolerated", "error"),
+    [
+        (True, ""),
+        (
+            False,
+            "device backend-node-c/gpu-0 (backend 10.0.0.7:9999 on node backend-node-c) is "
+            "unhealthy: backend-unreachable (taint gvirtus.io/unhealthy, effect NoSchedule)",
+        ),
+    ],
+    ids=["as-captured", "toleration-removed"],
+)
+async def test_the_captured_tolerated_allocation_gets_its_tainted_device(
+    apiserver: APIServer, node: Node, tolerated: bool, error: str
+) -> None:
+    claim = copy.deepcopy(fixture_object("03-taint-toleration-claim-allocated-get.json"))
+    claim["metadata"].pop("resourceVersion", None)
+    if not tolerated:
+        del claim["status"]["allocation"]["devices"]["results"][0]["tolerations"]
+    tainted = copy.deepcopy(fixture_object("03-taint-resourceslice-get.json"))
+    tainted["metadata"].pop("resourceVersion", None)
+    seed(apiserver, claim, slices=(tainted,))
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert (result.error == "") if tolerated else (error in result.error)
+    assert len(result.devices) == (1 if tolerated else 0)
