@@ -26,8 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2 as reg_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2_grpc as reg_grpc
+from dra_driver.models import parse_config
 from dra_driver.plugin.faults import POINTS
-from tests.support import cdi_check, components, gvirtus, kubelet, objects
+from tests.support import cdi_check, components, gvirtus, kubelet, manifests, objects
 from tests.support.apiserver import APIServer
 from tests.support.kubelet import Claim, Plugin
 from tests.support.objects import Config, Device, Result, gvirtus_config
@@ -706,3 +707,77 @@ async def test_health_probe_fails_when_a_socket_is_gone(
         assert response.status == 503
         assert "DRA socket: " in await response.text()
         assert "is no longer a socket; the kubelet cannot dial it" in await response.text()
+
+
+def installed_class_config(install: str, device_class: str) -> list[Config]:
+    """What the scheduler copies into an allocation from an installed DeviceClass."""
+    try:
+        rendered = manifests.render(install)
+    except manifests.KubectlMissingError as exc:
+        pytest.skip(str(exc))
+    found = manifests.pick(rendered, "DeviceClass", device_class)
+    return [
+        Config(
+            entry["opaque"]["parameters"],
+            source="FromClass",
+            requests=("gpu",),
+            driver=entry["opaque"]["driver"],
+        )
+        for entry in found["spec"].get("config") or []
+    ]
+
+
+GVIRTUS_IMAGE_ENV = {
+    "GVIRTUS_HOME": "/usr/local/gvirtus",
+    "LD_LIBRARY_PATH": "/usr/local/gvirtus/lib/frontend:/usr/local/gvirtus/lib",
+}
+
+
+@pytest.mark.parametrize(
+    ("device_class", "claim_config", "expected"),
+    [
+        ("gpu.gvirtus.io", None, GVIRTUS_IMAGE_ENV),
+        ("gpu.gvirtus.io-legacy", None, GVIRTUS_IMAGE_ENV),
+        (
+            "gpu.gvirtus.io",
+            gvirtus_config(gvirtusHome="/opt/gvirtus"),
+            {**GVIRTUS_IMAGE_ENV, "GVIRTUS_HOME": "/opt/gvirtus"},
+        ),
+        (
+            "gpu.gvirtus.io",
+            gvirtus_config(libraryPath="/opt/gvirtus/lib/frontend:/opt/gvirtus/lib"),
+            {**GVIRTUS_IMAGE_ENV, "LD_LIBRARY_PATH": "/opt/gvirtus/lib/frontend:/opt/gvirtus/lib"},
+        ),
+    ],
+    ids=["default-class", "legacy-class", "claim-sets-home", "claim-sets-library-path"],
+)
+async def test_the_default_install_gives_containers_the_gvirtus_image_layout(
+    apiserver: APIServer,
+    start: Callable[..., Any],
+    node_dirs: PluginDirs,
+    device_class: str,
+    claim_config: dict[str, Any] | None,
+    expected: dict[str, str],
+) -> None:
+    configs = installed_class_config("manifests", device_class)
+    if claim_config is not None:
+        configs.append(Config(claim_config))
+    claim = objects.allocated_claim(name="c1", configs=configs)
+    apiserver.put(claim)
+    uid = claim["metadata"]["uid"]
+    plugin = await register(await start())
+
+    result = (await plugin.prepare([claim_of(claim)]))[uid]
+
+    assert result.error == ""
+    spec = cdi_check.validate(node_dirs.cdi / f"gvirtus.io-gpu_{uid}.json")
+    env = cdi_check.env_of(spec, f"{uid}-gpu-0")
+    assert {k: env.get(k) for k in expected} == expected
+    await plugin.close()
+
+
+@pytest.mark.parametrize("install", manifests.INSTALLS)
+def test_every_install_configures_both_classes_for_the_gvirtus_image_layout(install: str) -> None:
+    for device_class in ("gpu.gvirtus.io", "gpu.gvirtus.io-legacy"):
+        (config,) = installed_class_config(install, device_class)
+        assert parse_config(config.parameters).environment() == GVIRTUS_IMAGE_ENV
