@@ -535,6 +535,8 @@ class State:
         nothing is touched. The file work runs in a worker thread: the sockets already
         serve while it runs. Prepare and unprepare wait for it to finish.
         """
+        self.claims_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.cdi_root.mkdir(mode=0o755, parents=True, exist_ok=True)
         async with self.serializer.hold():
             try:
                 data = self._current()
@@ -555,8 +557,6 @@ class State:
 
     def _repair(self, data: CheckpointData) -> tuple[int, int]:
         """Remove debris and rewrite stale files; count both (blocking file work)."""
-        self.claims_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.cdi_root.mkdir(mode=0o755, parents=True, exist_ok=True)
         removed = self._sweep(set(data.claims))
         rebuilt = sum(self._restore(uid, entry) for uid, entry in data.claims.items())
         return removed, rebuilt
