@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -121,6 +120,8 @@ def load(
 
 def _read_file(model: type[Settings], path: pathlib.Path) -> dict[str, Any]:
     """Settings from a YAML mapping with camelCase keys."""
+    import yaml  # only components given a --config file need a YAML parser
+
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

@@ -6,6 +6,12 @@ in-cluster service account), that maps library exceptions onto
 claim model is ``ResourceV1ResourceClaim``, not ``V1ResourceClaim``), and that every
 component and test can point at another API server. Objects come back as the
 library's typed (pydantic) models.
+
+The library is imported when a client connects, never when this module is: importing
+any part of ``kubernetes`` loads all of it (~0.45 s and ~45 MB), which a component
+must be able to put after its own start-up, and which ``--help`` never needs.
+:meth:`KubeClient.connect` imports it in a worker thread, so an event loop that
+already serves (the kubelet plugin's sockets) keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -18,14 +24,13 @@ import pathlib
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
-
-import aiohttp
-from kubernetes.aio import client as k8s
-from kubernetes.aio import config as k8s_config
+from typing import TYPE_CHECKING, Any
 
 from dra_driver import __version__
 from dra_driver.kube import errors
+
+if TYPE_CHECKING:
+    from kubernetes.aio import client as k8s
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds for one ordinary request; watches set their own."""
@@ -40,14 +45,14 @@ class KubeClient:
     def __init__(self, api_client: k8s.ApiClient, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.api_client = api_client
         self.timeout = timeout
-        self.resource = k8s.ResourceV1Api(api_client)
+        self.resource = _library().ResourceV1Api(api_client)
         self._core: Any = None
 
     @property
     def core(self) -> Any:
         """``CoreV1Api``, built on first use: its models alone cost ~25 MiB of memory."""
         if self._core is None:
-            self._core = k8s.CoreV1Api(self.api_client)
+            self._core = _library().CoreV1Api(self.api_client)
         return self._core
 
     @classmethod
@@ -59,6 +64,9 @@ class KubeClient:
         Raises:
             KubeError: neither a readable kubeconfig nor an in-cluster environment.
         """
+        k8s = await asyncio.to_thread(_library)
+        from kubernetes.aio import config as k8s_config
+
         configuration = k8s.Configuration()
         try:
             if kubeconfig is not None:
@@ -182,9 +190,16 @@ class KubeClient:
         return await self.api_client.call_api(*request, _request_timeout=timeout or self.timeout)
 
 
+def _library() -> Any:
+    """``kubernetes.aio.client``, imported on first use (see the module docstring)."""
+    from kubernetes.aio import client
+
+    return client
+
+
 def _raise_for_status(response: Any, text: str) -> None:
     if not 200 <= response.status < 300:
-        k8s.ApiException.from_response(http_resp=response, body=text, data=None)
+        _library().ApiException.from_response(http_resp=response, body=text, data=None)
 
 
 def _settle_proxy(configuration: Any) -> None:
@@ -208,9 +223,11 @@ def _settle_proxy(configuration: Any) -> None:
 @contextlib.asynccontextmanager
 async def translate_errors() -> AsyncIterator[None]:
     """Re-raise the client library's and aiohttp's failures as :class:`KubeError`."""
+    import aiohttp
+
     try:
         yield
-    except k8s.ApiException as exc:
+    except _library().ApiException as exc:
         if exc.status:
             raise errors.from_status(
                 status=exc.status, body=exc.body, fallback=str(exc.reason or "")

@@ -1,8 +1,14 @@
 """Wiring of the kubelet plugin: builds the parts, runs them, shuts them down in order.
 
-Start-up order: API client, recovery of on-disk state (before any call can arrive),
-the slice watch, the DRA socket, the registration socket, the HTTP endpoint. A
-SIGTERM or SIGINT withdraws the registration first and removes both sockets before
+Start-up order: the DRA socket, then the registration socket (the kubelet dials the
+DRA socket as soon as it finds the registration), then everything slow: recovery of
+on-disk state, the API client (the ``kubernetes`` library is imported only now), the
+slice watch and the HTTP endpoint. A kubelet whose call finds no plugin backs off for
+about a minute, so the sockets come first; calls that arrive meanwhile wait for what
+they need (:mod:`dra_driver.plugin.readiness`). This module therefore imports nothing
+slow at module level: what it imports is what the plugin loads before it serves.
+
+A SIGTERM or SIGINT withdraws the registration first and removes both sockets before
 exiting, because new plugin pods cannot remove an old pod's sockets.
 """
 
@@ -10,16 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from dra_driver import __version__, httpserver
+from dra_driver import __version__
 from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.watch import list_watch
 from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
 from dra_driver.plugin.checkpoint import CheckpointFile
 from dra_driver.plugin.driver import servicers
+from dra_driver.plugin.faults import pause_point
 from dra_driver.plugin.health import HealthService
 from dra_driver.plugin.locking import Serializer
 from dra_driver.plugin.probes import SocketProbe
@@ -28,6 +38,11 @@ from dra_driver.plugin.server import PluginServer
 from dra_driver.plugin.settings import PluginSettings
 from dra_driver.plugin.slice_cache import SLICES_PATH, SliceCache
 from dra_driver.plugin.state import State
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from dra_driver import httpserver
 
 log = logging.getLogger(__name__)
 
@@ -58,77 +73,103 @@ async def run(settings: PluginSettings, *, stop: asyncio.Event | None = None) ->
         },
     )
     stop = stop or stop_on_signals()
-    kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component=COMPONENT)
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(kube.close)
-        settings.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        serializer = Serializer(lock_file=settings.lock_file)
-        serializer.open()
-        stack.callback(serializer.close)
-        slices = SliceCache(driver=settings.driver_name, kube=kube)
-        state = State(
-            driver=settings.driver_name,
-            kube=kube,
-            slices=slices,
-            serializer=serializer,
-            checkpoint=CheckpointFile(path=settings.checkpoint_file, driver=settings.driver_name),
-            claims_dir=settings.claims_dir,
-            cdi_root=settings.cdi_root,
-        )
-        await state.recover()
-        watch = asyncio.create_task(
-            list_watch(
-                kube=kube,
-                path=SLICES_PATH,
-                consumer=slices,
-                component=COMPONENT,
-                resource="resourceslices",
-                field_selector=slices.field_selector,
-            ),
-            name="slice-watch",
-        )
-        stack.push_async_callback(_cancel, watch)
-        node_check = asyncio.create_task(
-            _check_node(kube=kube, node=settings.node_name), name="node-check"
-        )
-        stack.push_async_callback(_cancel, node_check)
-
-        dra_v1, dra_v1beta1 = servicers(state=state)
-        registration = RegistrationService(
-            driver=settings.driver_name, endpoint=settings.dra_socket
-        )
-        server = PluginServer(
-            dra_socket=settings.dra_socket,
-            registration_socket=settings.registration_socket,
-            dra_v1=dra_v1,
-            dra_v1beta1=dra_v1beta1,
-            health=HealthService(state=state, slices=slices, interval=settings.health_interval),
-            registration=registration,
-        )
+        state = _local_state(settings=settings, stack=stack)
+        server = _server(settings=settings, state=state)
         stack.push_async_callback(server.stop)
         await server.start()
 
-        probe = SocketProbe(
-            dra_socket=settings.dra_socket, registration_socket=settings.registration_socket
-        )
-        stack.push_async_callback(probe.close)
+        await state.recover()
+        await pause_point("startup:api-client")
+        watch = await _connect(settings=settings, state=state, stack=stack)
         if settings.metrics_port:
-            runner = await httpserver.start(
-                address=settings.metrics_address,
-                port=settings.metrics_port,
-                health={"sockets": probe.check},
-                ready={
-                    "sockets": probe.check,
-                    "checkpoint": _async(state.checkpoint_problem),
-                    "slices": _async(
-                        lambda: None if slices.synced.is_set() else "slice cache not synced"
-                    ),
-                },
-            )
-            stack.push_async_callback(runner.cleanup)
+            await _serve_http(settings=settings, state=state, stack=stack)
         freeze_startup_objects()
+        log.info("ready: on-disk state recovered, API client connected")
         await _until_stopped(stop=stop, watch=watch, server=server)
         log.info("stopping: withdrawing registration and removing sockets")
+
+
+def _local_state(*, settings: PluginSettings, stack: contextlib.AsyncExitStack) -> State:
+    """The prepared claims on this node, without an API client yet."""
+    settings.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    serializer = Serializer(lock_file=settings.lock_file)
+    serializer.open()
+    stack.callback(serializer.close)
+    return State(
+        driver=settings.driver_name,
+        slices=SliceCache(driver=settings.driver_name),
+        serializer=serializer,
+        checkpoint=CheckpointFile(path=settings.checkpoint_file, driver=settings.driver_name),
+        claims_dir=settings.claims_dir,
+        cdi_root=settings.cdi_root,
+    )
+
+
+def _server(*, settings: PluginSettings, state: State) -> PluginServer:
+    dra_v1, dra_v1beta1 = servicers(state=state)
+    return PluginServer(
+        dra_socket=settings.dra_socket,
+        registration_socket=settings.registration_socket,
+        dra_v1=dra_v1,
+        dra_v1beta1=dra_v1beta1,
+        health=HealthService(state=state, slices=state.slices, interval=settings.health_interval),
+        registration=RegistrationService(driver=settings.driver_name, endpoint=settings.dra_socket),
+    )
+
+
+async def _connect(
+    *, settings: PluginSettings, state: State, stack: contextlib.AsyncExitStack
+) -> asyncio.Task[None]:
+    """Connect the API client, hand it to the state, start the slice watch (returned)."""
+    kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component=COMPONENT)
+    stack.push_async_callback(kube.close)
+    state.connect(kube)
+    watch = asyncio.create_task(
+        list_watch(
+            kube=kube,
+            path=SLICES_PATH,
+            consumer=state.slices,
+            component=COMPONENT,
+            resource="resourceslices",
+            field_selector=state.slices.field_selector,
+        ),
+        name="slice-watch",
+    )
+    stack.push_async_callback(_cancel, watch)
+    node_check = asyncio.create_task(
+        _check_node(kube=kube, node=settings.node_name), name="node-check"
+    )
+    stack.push_async_callback(_cancel, node_check)
+    return watch
+
+
+async def _serve_http(
+    *, settings: PluginSettings, state: State, stack: contextlib.AsyncExitStack
+) -> None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz``.
+
+    aiohttp's server is not needed to answer the kubelet: it is imported now, in a
+    worker thread, so calls that waited for the API client are not held up by it.
+    """
+    http: ModuleType = await asyncio.to_thread(importlib.import_module, "dra_driver.httpserver")
+    probe = SocketProbe(
+        dra_socket=settings.dra_socket, registration_socket=settings.registration_socket
+    )
+    stack.push_async_callback(probe.close)
+    slices = state.slices
+    runner: web.AppRunner = await http.start(
+        address=settings.metrics_address,
+        port=settings.metrics_port,
+        health={"sockets": probe.check},
+        ready={
+            "sockets": probe.check,
+            "startup": _async(state.readiness.problem),
+            "checkpoint": _async(state.checkpoint_problem),
+            "slices": _async(lambda: None if slices.synced.is_set() else "slice cache not synced"),
+        },
+    )
+    stack.push_async_callback(runner.cleanup)
 
 
 async def _until_stopped(

@@ -62,7 +62,7 @@ class DRAPluginServicer:
         """Unprepare the claims; unknown claims succeed."""
         refs, invalid = _refs(request.claims)
         started = time.perf_counter()
-        outcome = await self.state.unprepare(refs) if refs else {}
+        outcome = await self.state.unprepare(refs, timeout=context.time_remaining()) if refs else {}
         elapsed = time.perf_counter() - started
         response = self.messages.NodeUnprepareResourcesResponse()
         for uid, message in invalid.items():

@@ -24,8 +24,8 @@ from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_pb
 from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
 from dra_driver.plugin.slice_cache import SliceCache
 from dra_driver.plugin.state import State
+from dra_driver.plugin.taints import UNHEALTHY_TAINT
 
-UNHEALTHY_TAINT = "gvirtus.io/unhealthy"
 MESSAGE_LIMIT = 1024
 
 PREPARED_DEVICES = Gauge(

@@ -5,7 +5,8 @@ endpoint (``backendAddress``, ``backendPort``) and identity. Prepare resolves an
 allocated device here without an API round trip; health reads taints and pool
 membership here. Only slices of a pool's newest generation count, as for the
 scheduler. A miss (the cache not synced yet, or a pool published a moment ago) falls
-back to one direct list, shared by concurrent callers.
+back to one direct list, shared by concurrent callers. Devices that left their pool
+are remembered as last published, so a refusal can still name their backend.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
 
-from dra_driver.kube.client import KubeClient
+from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.watch import WatchEvent
+
+if TYPE_CHECKING:
+    from dra_driver.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +90,14 @@ class Notifier:
 
 
 class SliceCache:
-    """Consumes a list-watch of ``spec.driver=<driver>`` ResourceSlices."""
+    """Consumes a list-watch of ``spec.driver=<driver>`` ResourceSlices.
 
-    def __init__(self, *, driver: str, kube: KubeClient, sync_timeout: float = 5.0) -> None:
+    Direct reads need the API client, given here or later through :meth:`connect`.
+    """
+
+    def __init__(
+        self, *, driver: str, kube: KubeClient | None = None, sync_timeout: float = 5.0
+    ) -> None:
         self.driver = driver
         self.kube = kube
         self.sync_timeout = sync_timeout
@@ -96,8 +105,13 @@ class SliceCache:
         self.changes = Notifier()
         self._slices: dict[str, _Slice] = {}
         self._pools: dict[str, dict[str, DeviceInfo]] = {}
+        self._departed: dict[tuple[str, str], DeviceInfo] = {}
         self._direct_read: asyncio.Task[dict[str, dict[str, DeviceInfo]]] | None = None
         self._direct_read_at = 0.0
+
+    def connect(self, kube: KubeClient) -> None:
+        """Use ``kube`` for direct reads from now on."""
+        self.kube = kube
 
     @property
     def field_selector(self) -> str:
@@ -109,7 +123,8 @@ class SliceCache:
     async def on_relist(self, items: list[Obj]) -> None:
         """Replace the cache with a fresh list."""
         self._slices = {s["metadata"]["name"]: self._parse(s) for s in items if self._ours(s)}
-        self._pools = _index(self._slices.values())
+        before, self._pools = self._pools, _index(self._slices.values())
+        self._note_departures(before, set(before) | set(self._pools))
         self._changed()
         self.synced.set()
 
@@ -123,12 +138,26 @@ class SliceCache:
         else:
             self._slices[name] = self._parse(item)
         pools = {s.pool for s in (before, self._slices.get(name)) if s is not None}
+        previous = {pool: self._pools.get(pool, {}) for pool in pools}
         for pool in pools:
             members = [s for s in self._slices.values() if s.pool == pool]
             self._pools.update(_index(members))
             if not members:
                 self._pools.pop(pool, None)
+        self._note_departures(previous, pools)
         self._changed()
+
+    def _note_departures(
+        self, before: Mapping[str, Mapping[str, DeviceInfo]], pools: set[str]
+    ) -> None:
+        """Remember devices of ``pools`` that are gone; forget those that are back."""
+        for pool in pools:
+            now = self._pools.get(pool, {})
+            for name, info in before.get(pool, {}).items():
+                if name not in now:
+                    self._departed[(pool, name)] = info
+            for name in now:
+                self._departed.pop((pool, name), None)
 
     def _ours(self, item: Obj) -> bool:
         return bool((item.get("spec") or {}).get("driver") == self.driver)
@@ -160,6 +189,10 @@ class SliceCache:
     def lookup(self, *, pool: str, device: str) -> DeviceInfo | None:
         """The device as last seen, or None (not published, or pool unknown)."""
         return self._pools.get(pool, {}).get(device)
+
+    def last_seen(self, *, pool: str, device: str) -> DeviceInfo | None:
+        """The device as published now, or as last published before it left, or None."""
+        return self.lookup(pool=pool, device=device) or self._departed.get((pool, device))
 
     def has_pool(self, pool: str) -> bool:
         """Whether the pool currently has any slice."""
@@ -208,6 +241,8 @@ class SliceCache:
         return await asyncio.shield(self._direct_read)
 
     async def _list_pools(self) -> dict[str, dict[str, DeviceInfo]]:
+        if self.kube is None:
+            raise kube_errors.TransportError("the API client is not connected yet")
         listed = await self.kube.request(
             "GET", SLICES_PATH, query={"fieldSelector": self.field_selector}
         )

@@ -16,7 +16,10 @@ Invariants, kept under the serialization lock:
 * a prepare the kubelet gave up on never records its claim: past the call's deadline
   (the kubelet's is 45 s) it refuses to, in whichever plugin process it runs, and an
   unprepare of the claim in this process while it was in flight also stops it;
-* every claim gets an answer: failures are per claim and name the claim and cause.
+* every claim gets an answer: failures are per claim and name the claim and cause;
+* no call touches the disk before :meth:`State.recover` finished, and a call that
+  arrives during start-up waits for what it needs (see :mod:`.readiness`): recovery
+  for every call, the API client only for claims the checkpoint does not answer.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Gauge
 
 from dra_driver import files, gvirtus
 from dra_driver.kube import errors as kube_errors
-from dra_driver.kube.client import KubeClient
 from dra_driver.models import ConfigValidationError, GVirtuSConfig, merge_configs, parse_config
-from dra_driver.plugin import cdi
+from dra_driver.plugin import cdi, taints
 from dra_driver.plugin.checkpoint import (
     CheckpointData,
     CheckpointError,
@@ -46,7 +48,11 @@ from dra_driver.plugin.checkpoint import (
 )
 from dra_driver.plugin.faults import crash_point
 from dra_driver.plugin.locking import Serializer
-from dra_driver.plugin.slice_cache import SliceCache
+from dra_driver.plugin.readiness import READY_WAIT, NotReadyError, Part, Readiness
+from dra_driver.plugin.slice_cache import DeviceInfo, SliceCache
+
+if TYPE_CHECKING:
+    from dra_driver.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +89,65 @@ class ClaimError(Exception):
 
 
 class State:
-    """Prepared claims on this node: the checkpoint and the files it accounts for."""
+    """Prepared claims on this node: the checkpoint and the files it accounts for.
+
+    ``kube`` may come later, through :meth:`connect`; until then prepares of claims
+    the checkpoint does not know wait for it.
+    """
 
     def __init__(
         self,
         *,
         driver: str,
-        kube: KubeClient,
+        kube: KubeClient | None = None,
         slices: SliceCache,
         serializer: Serializer,
         checkpoint: CheckpointFile,
         claims_dir: pathlib.Path,
         cdi_root: pathlib.Path,
         clock: Callable[[], float] = time.time,
+        ready_wait: float = READY_WAIT,
     ) -> None:
         self.driver = driver
-        self.kube = kube
         self.slices = slices
         self.serializer = serializer
         self.checkpoint = checkpoint
         self.claims_dir = claims_dir
         self.cdi_root = cdi_root
         self.clock = clock
+        self.ready_wait = ready_wait
+        self.readiness = Readiness()
+        self._kube: KubeClient | None = None
         self._data: CheckpointData | None = None
         self._unprepared_at: dict[str, float] = {}
+        if kube is not None:
+            self.connect(kube)
+
+    def connect(self, kube: KubeClient) -> None:
+        """Use ``kube`` from now on (here and in the slice cache); waiting prepares go on."""
+        self._kube = kube
+        self.slices.connect(kube)
+        self.readiness.mark(Part.API)
+
+    @property
+    def kube(self) -> KubeClient:
+        """The API client; only used after :meth:`connect` (prepares wait for it)."""
+        if self._kube is None:
+            raise RuntimeError("the API client is not connected yet")
+        return self._kube
+
+    async def _until_ready(self, parts: tuple[Part, ...], *, deadline: float) -> None:
+        """Wait for ``parts``, at most :attr:`ready_wait` and never past ``deadline``.
+
+        Raises:
+            NotReadyError: naming what is still missing.
+        """
+        missing = self.readiness.missing(parts)
+        if not missing:
+            return
+        log.info("call waits for start-up: %s", " and ".join(p.value for p in missing))
+        limit = min(self.ready_wait, deadline - time.monotonic())
+        await self.readiness.wait(missing, timeout=limit)
 
     # -- the checkpoint in memory ---------------------------------------------------
 
@@ -159,14 +200,12 @@ class State:
         started = time.monotonic()
         deadline = started + (KUBELET_CALL_TIMEOUT if timeout is None else timeout)
         refs = list({ref.uid: ref for ref in refs}.values())
+        try:
+            await self._until_ready((Part.RECOVERED,), deadline=deadline)
+        except NotReadyError as exc:
+            return {r.uid: PrepareResult(error=f"{r}: {exc}") for r in refs}
         known = self._known_uids()
-        plans = dict(
-            zip(
-                [r.uid for r in refs if r.uid not in known],
-                await asyncio.gather(*(self._plan(r) for r in refs if r.uid not in known)),
-                strict=True,
-            )
-        )
+        plans = await self._plans([r for r in refs if r.uid not in known], deadline=deadline)
         async with self.serializer.hold():
             try:
                 data = self._current()
@@ -175,6 +214,19 @@ class State:
             return self._commit(
                 refs=refs, plans=plans, data=data, started=started, deadline=deadline
             )
+
+    async def _plans(
+        self, refs: list[ClaimRef], *, deadline: float
+    ) -> dict[str, PreparedClaim | ClaimError]:
+        """Plans of the claims the checkpoint does not answer, once the API client is up."""
+        if not refs:
+            return {}
+        try:
+            await self._until_ready((Part.API,), deadline=deadline)
+        except NotReadyError as exc:
+            return {r.uid: ClaimError(f"{r}: {exc}") for r in refs}
+        plans = await asyncio.gather(*(self._plan(r) for r in refs))
+        return dict(zip([r.uid for r in refs], plans, strict=True))
 
     def _known_uids(self) -> set[str]:
         try:
@@ -236,6 +288,8 @@ class State:
         entry = data.claims.get(ref.uid)
         if entry is not None:
             return entry
+        if isinstance(plan, ClaimError):
+            raise plan
         if time.monotonic() > deadline:
             raise ClaimError(
                 f"{ref}: the kubelet stopped waiting for this prepare (its deadline passed); "
@@ -249,8 +303,6 @@ class State:
             raise ClaimError(
                 f"{ref}: it was unprepared by another plugin instance meanwhile; retry"
             )
-        if isinstance(plan, ClaimError):
-            raise plan
         return plan
 
     async def _plan(self, ref: ClaimRef) -> PreparedClaim | ClaimError:
@@ -315,9 +367,15 @@ class State:
         except kube_errors.KubeError as exc:
             raise ClaimError(f"{ref}: looking up device {where} failed: {exc.message}") from exc
         if info is None:
+            raise ClaimError(f"{ref}: {self._absence(pool=result.pool, device=result.device)}")
+        tolerations = [taints.Toleration.of(t) for t in result.tolerations or []]
+        taint = taints.refusing(info.taints, tolerations)
+        if taint is not None:
             raise ClaimError(
-                f"{ref}: device {where} is not in any ResourceSlice of driver {self.driver} "
-                "(its backend may have been removed)"
+                f"{ref}: device {where} ({_backend(info)}) is unhealthy: "
+                f"{taint.value or 'no reason given'} (taint {taint.key}, effect {taint.effect}); "
+                "not starting a container whose GVirtuS frontend would hang on it, "
+                "the kubelet will retry"
             )
         try:
             endpoint = gvirtus.parse_endpoint(
@@ -347,11 +405,37 @@ class State:
             env=merge_configs(applicable),
         )
 
+    def _absence(self, *, pool: str, device: str) -> str:
+        """Why a device is not published, naming its backend when it was seen before."""
+        seen = self.slices.last_seen(pool=pool, device=device)
+        backend = f" ({_backend(seen)})" if seen is not None else ""
+        if self.slices.has_pool(pool):
+            return (
+                f"device {pool}/{device}{backend} is not in pool {pool} of driver "
+                f"{self.driver}: its backend left the pool (down or removed); "
+                "the kubelet will retry"
+            )
+        return (
+            f"device {pool}/{device}{backend}: pool {pool} is not published by driver "
+            f"{self.driver}: its backend node is gone or unreachable; the kubelet will retry"
+        )
+
     # -- unprepare --------------------------------------------------------------------
 
-    async def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
-        """Unprepare every claim; map claim UID to an error, empty when it succeeded."""
+    async def unprepare(
+        self, refs: Sequence[ClaimRef], *, timeout: float | None = None
+    ) -> dict[str, str]:
+        """Unprepare every claim; map claim UID to an error, empty when it succeeded.
+
+        ``timeout`` is what is left of the caller's deadline (the kubelet's 45 s when
+        unknown); it bounds only the wait for start-up, which unprepare needs no API for.
+        """
         refs = list({ref.uid: ref for ref in refs}.values())
+        deadline = time.monotonic() + (KUBELET_CALL_TIMEOUT if timeout is None else timeout)
+        try:
+            await self._until_ready((Part.RECOVERED,), deadline=deadline)
+        except NotReadyError as exc:
+            return {r.uid: f"{r}: {exc}" for r in refs}
         async with self.serializer.hold():
             try:
                 data = self._current()
@@ -448,7 +532,8 @@ class State:
         Removes files of claims the checkpoint does not list and temporary files of
         interrupted writes; rewrites missing or damaged files of listed claims (after a
         reboot the CDI directory is empty). An unusable checkpoint is reported and
-        nothing is touched.
+        nothing is touched. The file work runs in a worker thread: the sockets already
+        serve while it runs. Prepare and unprepare wait for it to finish.
         """
         self.claims_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.cdi_root.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -459,15 +544,22 @@ class State:
                 log.error(
                     "checkpoint unusable; prepare and unprepare fail until it is fixed: %s", exc
                 )
+                self.readiness.mark(Part.RECOVERED)
                 return
-            removed = self._sweep(set(data.claims))
-            rebuilt = sum(self._restore(uid, entry) for uid, entry in data.claims.items())
+            removed, rebuilt = await asyncio.to_thread(self._repair, data)
             if not self.checkpoint.path.exists():
                 self._save(data)
+        self.readiness.mark(Part.RECOVERED)
         log.info(
             "recovered state",
             extra={"claims": len(data.claims), "debris_removed": removed, "files_rebuilt": rebuilt},
         )
+
+    def _repair(self, data: CheckpointData) -> tuple[int, int]:
+        """Remove debris and rewrite stale files; count both (blocking file work)."""
+        removed = self._sweep(set(data.claims))
+        rebuilt = sum(self._restore(uid, entry) for uid, entry in data.claims.items())
+        return removed, rebuilt
 
     def _sweep(self, known: set[str]) -> int:
         """Remove what no checkpointed claim accounts for; count the removals."""
@@ -502,6 +594,14 @@ class State:
         if stale:
             self._write_files(claim_uid, entry)
         return len(stale)
+
+
+def _backend(info: DeviceInfo) -> str:
+    """``backend <address>:<port> on node <node>``, with what the slice tells of it."""
+    address = info.attributes.get("backendAddress", "?")
+    port = info.attributes.get("backendPort", "?")
+    node = info.attributes.get("backendNode")
+    return f"backend {address}:{port}" + (f" on node {node}" if node else "")
 
 
 def _read(path: pathlib.Path) -> bytes | None:

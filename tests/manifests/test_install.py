@@ -126,7 +126,7 @@ def test_every_component_starts_with_settings_it_accepts(
                 for e in container.get("env") or []
             }
             parsed = cli.build_parser().parse_args(args)
-            model = cli.COMMANDS[parsed.command][1]()[0]
+            model = cli.COMMANDS[parsed.command].settings()
             config.load(model, args=parsed, environ=environ)  # raises on any bad setting
             started.append(parsed.command)
     assert sorted(started) == [

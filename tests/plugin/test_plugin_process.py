@@ -21,12 +21,14 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2 as reg_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2_grpc as reg_grpc
+from dra_driver.models import parse_config
 from dra_driver.plugin.faults import POINTS
-from tests.support import cdi_check, gvirtus, kubelet, objects
+from tests.support import cdi_check, components, gvirtus, kubelet, manifests, objects
 from tests.support.apiserver import APIServer
 from tests.support.kubelet import Claim, Plugin
 from tests.support.objects import Config, Device, Result, gvirtus_config
@@ -122,6 +124,58 @@ async def test_dra_socket_answers_before_the_registration_socket_appears(
         await plugin.close()
     finally:
         process.kill()
+
+
+async def test_a_prepare_sent_as_soon_as_the_dra_socket_accepts_succeeds(
+    apiserver: APIServer, start: Callable[..., Any], kubeconfig: pathlib.Path, node_dirs: PluginDirs
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    apiserver.put(claim)
+    crashed = await start()
+    crashed.kill()  # its socket files stay behind and refuse connections
+
+    restarted = PluginProcess(dirs=node_dirs, kubeconfig=kubeconfig)
+    try:
+        await kubelet.accepting(node_dirs.data_dir / "dra.sock")
+        plugin = kubelet.dial(node_dirs.data_dir / "dra.sock")
+        result = (await plugin.prepare([claim_of(claim)]))[claim["metadata"]["uid"]]
+        assert result.error == ""
+        assert [d.device_name for d in result.devices] == ["gpu-0"]
+        await plugin.close()
+    finally:
+        restarted.kill()
+
+
+async def test_calls_during_start_up_wait_for_what_they_need_instead_of_failing(
+    apiserver: APIServer, start: Callable[..., Any], node_dirs: PluginDirs
+) -> None:
+    known, new = objects.allocated_claim(name="known"), objects.allocated_claim(name="new")
+    for obj in (known, new):
+        apiserver.put(obj)
+    first = await start()
+    plugin = await register(first)
+    prepared = (await plugin.prepare([claim_of(known)]))[known["metadata"]["uid"]]
+    await plugin.close()
+    first.kill()
+    release = node_dirs.root / "release-api-client"
+
+    # Held after recovery, before the API client: the window in which a kubelet
+    # that found the new registration socket sends its calls.
+    restarted = await start(env={"GVIRTUS_DRA_PAUSE_AT": f"startup:api-client={release}"})
+    plugin = await register(restarted)
+    waiting = asyncio.create_task(plugin.prepare([claim_of(new)]))
+    async with asyncio.timeout(30):
+        while "call waits for start-up: the API client" not in restarted.logs():
+            await asyncio.sleep(0.02)
+    again = (await plugin.prepare([claim_of(known)]))[known["metadata"]["uid"]]
+    assert again == prepared, "a prepared claim is answered from the checkpoint meanwhile"
+    assert not waiting.done()
+    release.touch()
+
+    result = (await waiting)[new["metadata"]["uid"]]
+    assert result.error == ""
+    assert sorted(invariants(node_dirs)) == sorted(c["metadata"]["uid"] for c in (known, new))
+    await plugin.close()
 
 
 async def test_rejected_registration_is_logged_and_answered_with_an_error(
@@ -610,6 +664,7 @@ async def test_probes_and_metrics(apiserver: APIServer, start: Callable[..., Any
     plugin = await register(process)
     await plugin.prepare([claim_of(claim)])
     await plugin.prepare([Claim("gvirtus-demo", str(uuid.uuid4()), "missing")])
+    await process.http_up()
     base = f"http://127.0.0.1:{process.metrics_port}"
     async with aiohttp.ClientSession() as http:
         for path in ("/healthz", "/readyz"):
@@ -626,6 +681,15 @@ async def test_probes_and_metrics(apiserver: APIServer, start: Callable[..., Any
         'gvirtus_dra_grpc_operations_duration_seconds_count{grpc_status_code="OK",'
         'method_name="/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources"}'
     ) in metrics
+    others = {
+        name
+        for command in components.OWNERS
+        if command != "kubelet-plugin"
+        for name, module in components.series(command).items()
+        if components.owner(module) == command
+    }
+    exported = {family.name for family in text_string_to_metric_families(metrics)}
+    assert others and exported & others == set(), "only the plugin's own series"
     await plugin.close()
 
 
@@ -633,6 +697,7 @@ async def test_health_probe_fails_when_a_socket_is_gone(
     start: Callable[..., Any], node_dirs: PluginDirs
 ) -> None:
     process = await start()
+    await process.http_up()
     os.unlink(node_dirs.data_dir / "dra.sock")
     await asyncio.sleep(2.1)  # past the probe cache
     async with (
@@ -640,4 +705,79 @@ async def test_health_probe_fails_when_a_socket_is_gone(
         http.get(f"http://127.0.0.1:{process.metrics_port}/healthz") as response,
     ):
         assert response.status == 503
-        assert "DRA socket: UNAVAILABLE" in await response.text()
+        assert "DRA socket: " in await response.text()
+        assert "is no longer a socket; the kubelet cannot dial it" in await response.text()
+
+
+def installed_class_config(install: str, device_class: str) -> list[Config]:
+    """What the scheduler copies into an allocation from an installed DeviceClass."""
+    try:
+        rendered = manifests.render(install)
+    except manifests.KubectlMissingError as exc:
+        pytest.skip(str(exc))
+    found = manifests.pick(rendered, "DeviceClass", device_class)
+    return [
+        Config(
+            entry["opaque"]["parameters"],
+            source="FromClass",
+            requests=("gpu",),
+            driver=entry["opaque"]["driver"],
+        )
+        for entry in found["spec"].get("config") or []
+    ]
+
+
+GVIRTUS_IMAGE_ENV = {
+    "GVIRTUS_HOME": "/usr/local/gvirtus",
+    "LD_LIBRARY_PATH": "/usr/local/gvirtus/lib/frontend:/usr/local/gvirtus/lib",
+}
+
+
+@pytest.mark.parametrize(
+    ("device_class", "claim_config", "expected"),
+    [
+        ("gpu.gvirtus.io", None, GVIRTUS_IMAGE_ENV),
+        ("gpu.gvirtus.io-legacy", None, GVIRTUS_IMAGE_ENV),
+        (
+            "gpu.gvirtus.io",
+            gvirtus_config(gvirtusHome="/opt/gvirtus"),
+            {**GVIRTUS_IMAGE_ENV, "GVIRTUS_HOME": "/opt/gvirtus"},
+        ),
+        (
+            "gpu.gvirtus.io",
+            gvirtus_config(libraryPath="/opt/gvirtus/lib/frontend:/opt/gvirtus/lib"),
+            {**GVIRTUS_IMAGE_ENV, "LD_LIBRARY_PATH": "/opt/gvirtus/lib/frontend:/opt/gvirtus/lib"},
+        ),
+    ],
+    ids=["default-class", "legacy-class", "claim-sets-home", "claim-sets-library-path"],
+)
+async def test_the_default_install_gives_containers_the_gvirtus_image_layout(
+    apiserver: APIServer,
+    start: Callable[..., Any],
+    node_dirs: PluginDirs,
+    device_class: str,
+    claim_config: dict[str, Any] | None,
+    expected: dict[str, str],
+) -> None:
+    configs = installed_class_config("manifests", device_class)
+    if claim_config is not None:
+        configs.append(Config(claim_config))
+    claim = objects.allocated_claim(name="c1", configs=configs)
+    apiserver.put(claim)
+    uid = claim["metadata"]["uid"]
+    plugin = await register(await start())
+
+    result = (await plugin.prepare([claim_of(claim)]))[uid]
+
+    assert result.error == ""
+    spec = cdi_check.validate(node_dirs.cdi / f"gvirtus.io-gpu_{uid}.json")
+    env = cdi_check.env_of(spec, f"{uid}-gpu-0")
+    assert {k: env.get(k) for k in expected} == expected
+    await plugin.close()
+
+
+@pytest.mark.parametrize("install", manifests.INSTALLS)
+def test_every_install_configures_both_classes_for_the_gvirtus_image_layout(install: str) -> None:
+    for device_class in ("gpu.gvirtus.io", "gpu.gvirtus.io-legacy"):
+        (config,) = installed_class_config(install, device_class)
+        assert parse_config(config.parameters).environment() == GVIRTUS_IMAGE_ENV

@@ -8,6 +8,7 @@ test API server holding claims and slices; the process-level tests in
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import pathlib
 import shutil
@@ -60,7 +61,7 @@ class Node:
 
 
 def build_state(
-    kube: KubeClient, root: pathlib.Path, *, lock: bool = False
+    kube: KubeClient | None, root: pathlib.Path, *, lock: bool = False, ready_wait: float = 10.0
 ) -> tuple[State, SliceCache]:
     (root / "data").mkdir(parents=True, exist_ok=True)
     slices = SliceCache(driver="gpu.gvirtus.io", kube=kube, sync_timeout=0.2)
@@ -74,6 +75,7 @@ def build_state(
         checkpoint=CheckpointFile(path=root / "data" / "checkpoint.json", driver="gpu.gvirtus.io"),
         claims_dir=root / "data" / "claims",
         cdi_root=root / "cdi",
+        ready_wait=ready_wait,
     )
     return state, slices
 
@@ -208,12 +210,13 @@ def bad_slice(**device: Any) -> dict[str, Any]:
         (
             {"results": [Result("backend-node-a", "gpu-9")]},
             (BACKEND_A,),
-            "device backend-node-a/gpu-9 is not in any ResourceSlice of driver gpu.gvirtus.io",
+            "device backend-node-a/gpu-9 is not in pool backend-node-a of driver gpu.gvirtus.io: "
+            "its backend left the pool",
         ),
         (
             {"results": [Result("no-such-pool", "gpu-0")]},
             (BACKEND_A,),
-            "device no-such-pool/gpu-0 is not in any",
+            "device no-such-pool/gpu-0: pool no-such-pool is not published by driver",
         ),
         (
             {"results": [Result("backend-bad", "gpu-0")]},
@@ -568,3 +571,301 @@ async def test_file_lock_serializes_two_instances(short_tmp: pathlib.Path) -> No
 async def _hold(serializer: Serializer, order: list[str]) -> None:
     async with serializer.hold():
         order.append("second got it")
+
+
+# -- start-up: calls that arrive before the plugin is ready ------------------------------
+
+
+async def settle() -> None:
+    """Let every task that can make progress run until it waits for something."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_prepare_during_start_up_waits_for_recovery_then_the_api_client(
+    apiserver: APIServer, kube: KubeClient, short_tmp: pathlib.Path
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    state, _ = build_state(None, short_tmp / "node")
+
+    prepare = asyncio.create_task(state.prepare([ref(claim)]))
+    await settle()
+    assert not prepare.done(), "waits for the recovery of on-disk state"
+    await state.recover()
+    await settle()
+    assert not prepare.done(), "recovered, and still waiting for the API client"
+    state.connect(kube)
+
+    result = (await prepare)[claim["metadata"]["uid"]]
+    assert result.error == ""
+    assert [d.device for d in result.devices] == ["gpu-0"]
+    state.serializer.close()
+
+
+async def test_unprepare_and_prepared_claims_need_only_the_recovery(
+    apiserver: APIServer, node: Node, short_tmp: pathlib.Path
+) -> None:
+    prepared, other = objects.allocated_claim(name="c1"), objects.allocated_claim(name="c2")
+    seed(apiserver, prepared, other)
+    before = (await node.state.prepare([ref(prepared), ref(other)]))[prepared["metadata"]["uid"]]
+    restarted, _ = build_state(None, node.root)  # same node, no API client (yet)
+
+    again = asyncio.create_task(restarted.prepare([ref(prepared)]))
+    unprepare = asyncio.create_task(restarted.unprepare([ref(other)]))
+    await settle()
+    assert not again.done() and not unprepare.done(), "both wait for the recovery"
+    await restarted.recover()
+
+    assert (await again)[prepared["metadata"]["uid"]] == before
+    assert await unprepare == {other["metadata"]["uid"]: ""}
+    assert list(node.recorded()) == [prepared["metadata"]["uid"]]
+    restarted.serializer.close()
+
+
+@pytest.mark.parametrize(
+    ("recovered", "call", "ready_wait", "timeout", "missing"),
+    [
+        (False, "prepare", 0.05, None, "the recovery of on-disk state"),
+        (True, "prepare", 0.05, None, "the API client"),
+        (False, "unprepare", 0.05, None, "the recovery of on-disk state"),
+        (True, "prepare", 10.0, 0.05, "the API client"),
+        (False, "unprepare", 10.0, 0.05, "the recovery of on-disk state"),
+    ],
+    ids=[
+        "prepare-before-recovery",
+        "prepare-without-api-client",
+        "unprepare-before-recovery",
+        "prepare-bounded-by-its-deadline",
+        "unprepare-bounded-by-its-deadline",
+    ],
+)
+async def test_a_start_up_that_does_not_finish_in_time_fails_the_call_naming_what_is_missing(
+    apiserver: APIServer,
+    short_tmp: pathlib.Path,
+    recovered: bool,
+    call: str,
+    ready_wait: float,
+    timeout: float | None,
+    missing: str,
+) -> None:
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+    uid = claim["metadata"]["uid"]
+    state, _ = build_state(None, short_tmp / "node", ready_wait=ready_wait)
+    if recovered:
+        await state.recover()
+    before = sorted(p.name for p in (short_tmp / "node").rglob("*"))
+
+    if call == "prepare":
+        error = (await state.prepare([ref(claim)], timeout=timeout))[uid].error
+    else:
+        error = (await state.unprepare([ref(claim)], timeout=timeout))[uid]
+
+    assert f"ResourceClaim gvirtus-demo/c1 (uid {uid})" in error
+    assert f"the plugin is still starting: {missing} not ready after" in error
+    assert "the kubelet will retry" in error
+    assert sorted(p.name for p in (short_tmp / "node").rglob("*")) == before, "disk untouched"
+    state.serializer.close()
+
+
+# -- devices whose backend cannot serve ---------------------------------------------------
+
+UNHEALTHY = ("gvirtus.io/unhealthy", "backend-down", "NoSchedule")
+OVERLOADED = ("gvirtus.io/overloaded", "connections", "NoSchedule")
+
+
+def tainted_slice(*taints: tuple[str, str, str], generation: int = 1) -> dict[str, Any]:
+    return objects.backend_slice(
+        pool="backend-node-a",
+        generation=generation,
+        devices=[Device("gpu-0", uuid="GPU-aaaa-0", taints=taints), Device("gpu-1", port=10000)],
+    )
+
+
+async def published(node: Node, check: Any) -> None:
+    """Wait until the slice cache's view of backend-node-a/gpu-0 satisfies ``check``."""
+    async with asyncio.timeout(10):
+        while not check(node.slices.lookup(pool="backend-node-a", device="gpu-0")):
+            await node.slices.changes.wait(1.0)
+
+
+@pytest.mark.parametrize(
+    ("taints", "tolerations", "refused"),
+    [
+        ((UNHEALTHY,), (), True),
+        ((("gvirtus.io/unhealthy", "backend-down", "NoExecute"),), (), True),
+        ((OVERLOADED,), (), False),
+        ((("example.com/maintenance", "", "NoSchedule"),), (), False),
+        ((UNHEALTHY,), ({"key": "gvirtus.io/unhealthy", "operator": "Exists"},), False),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Equal", "value": "backend-down"},),
+            False,
+        ),
+        ((UNHEALTHY,), ({"key": "gvirtus.io/unhealthy", "value": "backend-down"},), False),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Equal", "value": "backend-wedged"},),
+            True,
+        ),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Exists", "effect": "NoExecute"},),
+            True,
+        ),
+        (
+            (UNHEALTHY,),
+            ({"key": "gvirtus.io/unhealthy", "operator": "Exists", "effect": "NoSchedule"},),
+            False,
+        ),
+        ((UNHEALTHY,), ({"operator": "Exists"},), False),
+        ((UNHEALTHY,), ({"key": "gvirtus.io/overloaded", "operator": "Exists"},), True),
+        ((OVERLOADED, UNHEALTHY), ({"key": "gvirtus.io/overloaded", "operator": "Exists"},), True),
+    ],
+    ids=[
+        "unhealthy",
+        "unhealthy-noexecute",
+        "overloaded-is-policy",
+        "admin-key-is-policy",
+        "tolerated-by-exists",
+        "tolerated-by-equal",
+        "equal-is-the-default-operator",
+        "other-value-not-tolerated",
+        "other-effect-not-tolerated",
+        "same-effect-tolerated",
+        "empty-key-tolerates-everything",
+        "other-key-not-tolerated",
+        "second-taint-not-tolerated",
+    ],
+)
+async def test_a_device_whose_backend_is_unhealthy_is_refused_unless_tolerated(
+    apiserver: APIServer,
+    node: Node,
+    taints: tuple[tuple[str, str, str], ...],
+    tolerations: tuple[dict[str, str], ...],
+    refused: bool,
+) -> None:
+    claim = objects.allocated_claim(
+        name="c1", results=[Result("backend-node-a", "gpu-0", tolerations=tolerations)]
+    )
+    seed(apiserver, claim, slices=(tainted_slice(*taints),))
+    uid = claim["metadata"]["uid"]
+
+    result = (await node.state.prepare([ref(claim)]))[uid]
+
+    if refused:
+        assert result.devices == ()
+        assert f"ResourceClaim gvirtus-demo/c1 (uid {uid})" in result.error
+        assert (
+            "device backend-node-a/gpu-0 (backend 10.0.0.5:9999 on node backend-node-a) "
+            "is unhealthy: " in result.error
+        )
+        assert "the kubelet will retry" in result.error
+        assert node.recorded() == {}
+        assert not list(node.cdi.iterdir())
+    else:
+        assert result.error == ""
+        assert list(node.recorded()) == [uid]
+
+
+async def test_refusal_names_the_reason_and_ends_when_the_backend_recovers(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    wedged = ("gvirtus.io/unhealthy", "backend-wedged", "NoExecute")
+    seed(apiserver, claim, slices=(tainted_slice(wedged),))
+    uid = claim["metadata"]["uid"]
+
+    refused = (await node.state.prepare([ref(claim)]))[uid]
+    apiserver.put(tainted_slice(generation=2))
+    await published(node, lambda info: info is not None and not info.taints)
+    retried = (await node.state.prepare([ref(claim)]))[uid]
+
+    assert "is unhealthy: backend-wedged (taint gvirtus.io/unhealthy, effect NoExecute)" in (
+        refused.error
+    )
+    assert retried.error == ""
+
+
+@pytest.mark.parametrize(
+    ("after", "message"),
+    [
+        (
+            objects.backend_slice(
+                pool="backend-node-a", generation=2, devices=[Device("gpu-1", port=10000)]
+            ),
+            "device backend-node-a/gpu-0 (backend 10.0.0.5:9999 on node backend-node-a) is not "
+            "in pool backend-node-a of driver gpu.gvirtus.io: its backend left the pool",
+        ),
+        (
+            None,
+            "device backend-node-a/gpu-0 (backend 10.0.0.5:9999 on node backend-node-a): "
+            "pool backend-node-a is not published by driver gpu.gvirtus.io: "
+            "its backend node is gone",
+        ),
+    ],
+    ids=["device-left-its-pool", "pool-withdrawn"],
+)
+async def test_a_device_that_left_its_pool_is_refused_naming_its_last_backend(
+    apiserver: APIServer, node: Node, after: dict[str, Any] | None, message: str
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    seed(apiserver, claim)
+    await published(node, lambda info: info is not None)
+    if after is None:
+        apiserver.remove("resourceslices", BACKEND_A["metadata"]["name"])
+    else:
+        apiserver.put(after)
+    await published(node, lambda info: info is None)
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert message in result.error
+    assert "the kubelet will retry" in result.error
+    assert node.recorded() == {}
+
+
+async def test_a_prepared_claim_keeps_its_answer_when_its_backend_turns_unhealthy(
+    apiserver: APIServer, node: Node
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    seed(apiserver, claim)
+    uid = claim["metadata"]["uid"]
+    before = (await node.state.prepare([ref(claim)]))[uid]
+    apiserver.put(tainted_slice(UNHEALTHY, generation=2))
+    await published(node, lambda info: info is not None and info.taints)
+
+    again = (await node.state.prepare([ref(claim)]))[uid]
+
+    assert before.error == ""
+    assert again == before, "a running pod's kubelet re-prepares it after a restart"
+
+
+@pytest.mark.parametrize(
+    ("tolerated", "error"),
+    [
+        (True, ""),
+        (
+            False,
+            "device backend-node-c/gpu-0 (backend 10.0.0.7:9999 on node backend-node-c) is "
+            "unhealthy: backend-unreachable (taint gvirtus.io/unhealthy, effect NoSchedule)",
+        ),
+    ],
+    ids=["as-captured", "toleration-removed"],
+)
+async def test_the_captured_tolerated_allocation_gets_its_tainted_device(
+    apiserver: APIServer, node: Node, tolerated: bool, error: str
+) -> None:
+    claim = copy.deepcopy(fixture_object("03-taint-toleration-claim-allocated-get.json"))
+    claim["metadata"].pop("resourceVersion", None)
+    if not tolerated:
+        del claim["status"]["allocation"]["devices"]["results"][0]["tolerations"]
+    tainted = copy.deepcopy(fixture_object("03-taint-resourceslice-get.json"))
+    tainted["metadata"].pop("resourceVersion", None)
+    seed(apiserver, claim, slices=(tainted,))
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert (result.error == "") if tolerated else (error in result.error)
+    assert len(result.devices) == (1 if tolerated else 0)

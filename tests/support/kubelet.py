@@ -162,6 +162,26 @@ def _check_entries(method: str, claims: list[Claim], entries: Any) -> dict[str, 
     return {uid: entries[uid] for uid in wanted}
 
 
+async def accepting(socket: pathlib.Path, *, timeout: float = 30) -> None:
+    """Wait until ``socket`` accepts connections (a dead predecessor's file refuses them)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                _, writer = await asyncio.open_unix_connection(socket)
+            except OSError:
+                await asyncio.sleep(0.005)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
+def dial(endpoint: pathlib.Path, *, service: str = "v1.DRAPlugin") -> Plugin:
+    """A connection to a DRA endpoint the kubelet already knows from an earlier registration."""
+    channel = aio.insecure_channel(f"unix://{endpoint}")
+    return Plugin(info=None, endpoint=endpoint, service=service, channel=channel)
+
+
 async def register(socket: pathlib.Path, *, driver: str = "gpu.gvirtus.io") -> Plugin:
     """Run the kubelet's registration sequence against ``socket``."""
     async with aio.insecure_channel(f"unix://{socket}") as channel:

@@ -28,6 +28,8 @@ class Result:
     request: str = "gpu"
     share_id: str | None = None
     driver: str = DRIVER
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    """Copied from the request by the scheduler (``key``, ``operator``, ``value``, ``effect``)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ def allocated_claim(
         if r.share_id:
             entry["shareID"] = r.share_id
             entry["consumedCapacity"] = {"memory": "8Gi"}
+        if r.tolerations:
+            entry["tolerations"] = [dict(t) for t in r.tolerations]
         allocation["results"].append(entry)
     config = [
         {

@@ -124,6 +124,19 @@ class PluginProcess:
                 await writer.wait_closed()
                 return path
 
+    async def http_up(self, timeout: float = 30) -> None:
+        """Wait until the HTTP endpoint answers; it starts after the API client connected."""
+        import aiohttp
+
+        async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"plugin exited with {self.proc.returncode}:\n{self.logs()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{self.metrics_port}/healthz"):
+                        return
+                await asyncio.sleep(0.02)
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
