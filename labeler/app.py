@@ -8,6 +8,7 @@ import logging
 
 from dra_driver import __version__, httpserver
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import NODES
 from dra_driver.kube.watch import list_watch
 from dra_driver.lifecycle import stop_on_signals
 from labeler.labels import Labeler
@@ -25,10 +26,9 @@ async def run(settings: LabelerSettings, *, stop: asyncio.Event | None = None) -
         watch = asyncio.create_task(
             list_watch(
                 kube=kube,
-                path="/api/v1/nodes",
+                resource=NODES,
                 consumer=Labeler(kube=kube),
                 component="labeler",
-                resource="nodes",
             )
         )
 

@@ -21,6 +21,7 @@ from prometheus_client import Counter
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.index import Index
+from dra_driver.kube.resources import RESOURCE_CLAIM_TEMPLATES
 from dra_driver.kube.watch import list_watch
 from webhook.mutate import TEMPLATE_PREFIX, template_name
 
@@ -81,10 +82,9 @@ class Templates:
         """Keep :attr:`existing` current until cancelled."""
         await list_watch(
             kube=self.kube,
-            path="/apis/resource.k8s.io/v1/resourceclaimtemplates",
+            resource=RESOURCE_CLAIM_TEMPLATES,
             consumer=self.existing,
             component="webhook",
-            resource="resourceclaimtemplates",
         )
 
     async def ensure(self, *, namespace: str, counts: set[int]) -> None:

@@ -28,14 +28,14 @@ from collections.abc import Callable
 
 from dra_driver import __version__, httpserver
 from dra_driver.controller.agents import Agents
-from dra_driver.controller.claims import CLAIMS_PATH, ClaimIndex
+from dra_driver.controller.claims import ClaimIndex
 from dra_driver.controller.claimstatus import ClaimStatus
-from dra_driver.controller.features import SLICES_PATH, FeatureGates, Features
+from dra_driver.controller.features import FeatureGates, Features
 from dra_driver.controller.health import Thresholds
 from dra_driver.controller.informers import Informer
 from dra_driver.controller.leader import LeaderElector
 from dra_driver.controller.loop import Loop
-from dra_driver.controller.pods import PODS_PATH, PodIndex
+from dra_driver.controller.pods import PodIndex
 from dra_driver.controller.poller import Poller
 from dra_driver.controller.pool_sync import PoolSync
 from dra_driver.controller.pools import DevicePolicy, NodeInfo, node_info
@@ -46,6 +46,7 @@ from dra_driver.controller.view import DeviceView
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
 from dra_driver.kube.index import Index
+from dra_driver.kube.resources import NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
 from dra_driver.lifecycle import freeze_startup_objects, raise_file_limit, stop_on_signals
 from dra_driver.quantity import parse_bytes
 
@@ -189,22 +190,16 @@ def wire(
     )
     watches = (
         Informer(
-            "pods",
-            f"/api/v1/namespaces/{s.namespace}/pods",
+            PODS,
             agents.pods,
             synced=agents.pods.synced,
+            namespace=s.namespace,
             label_selector=s.agent_selector,
         ),
-        Informer("nodes", "/api/v1/nodes", nodes, synced=nodes.synced),
-        Informer(
-            "resourceslices",
-            SLICES_PATH,
-            store,
-            synced=store.synced,
-            label_selector=store.label_selector,
-        ),
-        Informer("resourceclaims", CLAIMS_PATH, claims),
-        Informer("pods-with-claims", PODS_PATH, pods, synced=pods.synced),
+        Informer(NODES, nodes, synced=nodes.synced),
+        Informer(RESOURCE_SLICES, store, synced=store.synced, label_selector=store.label_selector),
+        Informer(RESOURCE_CLAIMS, claims),
+        Informer(PODS, pods, synced=pods.synced),
     )
     return Loop(
         kube=kube,

@@ -20,7 +20,6 @@ from dra_driver.kube.index import Index
 from dra_driver.kube.watch import WatchEvent
 
 Obj = dict[str, Any]
-CLAIMS_PATH = "/apis/resource.k8s.io/v1/resourceclaims"
 
 
 @dataclass(frozen=True)

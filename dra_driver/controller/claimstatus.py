@@ -43,6 +43,7 @@ from dra_driver.device import GPUDevice
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
+from dra_driver.kube.resources import RESOURCE_CLAIMS
 
 log = logging.getLogger(__name__)
 
@@ -273,17 +274,9 @@ class ClaimStatus:
                 ]
             },
         }
-        path = (
-            f"/apis/resource.k8s.io/v1/namespaces/{claim.namespace}/resourceclaims/"
-            f"{claim.name}/status"
-        )
         try:
-            await self.kube.request(
-                "PATCH",
-                path,
-                body=body,
-                content_type="application/apply-patch+yaml",
-                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            await self.kube.apply(
+                RESOURCE_CLAIMS, body, field_manager=FIELD_MANAGER, subresource="status"
             )
         except errors.NotFoundError:
             WRITES.labels("gone").inc()

@@ -18,12 +18,12 @@ from typing import Any
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
+from dra_driver.kube.resources import RESOURCE_SLICES
 
 log = logging.getLogger(__name__)
 
 READY_CONDITION = "gvirtus.io/BackendReady"
 FAILURE_CONDITION = "gvirtus.io/BackendUnavailable"
-SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 REPROBE_EVERY = 600.0
 
 Obj = dict[str, Any]
@@ -97,7 +97,7 @@ def probe_slice(*, driver: str) -> Obj:
 async def probe_features(kube: KubeClient, *, driver: str) -> Features:
     """Ask the API server, with a dry-run create, which gated fields it keeps."""
     probe = probe_slice(driver=driver)
-    stored = await kube.request("POST", SLICES_PATH, query={"dryRun": "All"}, body=probe)
+    stored = await kube.create(RESOURCE_SLICES, probe, dry_run=True)
     features, _ = dropped_features(probe, stored, Features())
     return features
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import Resource
 from dra_driver.kube.watch import Consumer, list_watch
 
 
@@ -20,12 +21,11 @@ from dra_driver.kube.watch import Consumer, list_watch
 class Informer:
     """One watched collection and its consumer."""
 
-    resource: str
-    """Metric and log label."""
-    path: str
+    resource: Resource
     consumer: Consumer
     synced: asyncio.Event | None = None
     """Set once the consumer holds the first full list; None: the loop need not wait."""
+    namespace: str | None = None
     label_selector: str | None = None
     field_selector: str | None = None
 
@@ -38,14 +38,14 @@ def start(
         asyncio.create_task(
             list_watch(
                 kube=kube,
-                path=informer.path,
+                resource=informer.resource,
                 consumer=informer.consumer,
                 component=component,
-                resource=informer.resource,
+                namespace=informer.namespace,
                 label_selector=informer.label_selector,
                 field_selector=informer.field_selector,
             ),
-            name=f"watch-{informer.resource}",
+            name=f"watch-{informer.resource.plural}",
         )
         for informer in informers
     ]

@@ -15,7 +15,6 @@ from typing import Any
 from dra_driver.kube.index import Index
 
 Obj = dict[str, Any]
-PODS_PATH = "/api/v1/pods"
 
 
 @dataclass(frozen=True)

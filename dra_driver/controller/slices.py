@@ -18,11 +18,12 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from dra_driver.controller.features import SLICES_PATH, Features, dropped_features
+from dra_driver.controller.features import Features, dropped_features
 from dra_driver.controller.pools import MANAGED_BY
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.index import Index
+from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.kube.watch import WatchEvent
 
 log = logging.getLogger(__name__)
@@ -166,33 +167,19 @@ class Publisher:
     async def _put(self, obj: Obj, current: Obj | None) -> Obj:
         async with self.limit:
             if current is not None:
-                body = {
-                    **obj,
-                    "metadata": {
-                        **obj["metadata"],
-                        "resourceVersion": current["metadata"]["resourceVersion"],
-                    },
-                }
                 WRITES.labels("update").inc()
-                return await self.kube.request(
-                    "PUT", f"{SLICES_PATH}/{obj['metadata']['name']}", body=body
+                return await self.kube.replace(
+                    RESOURCE_SLICES, _at_version(obj, current["metadata"]["resourceVersion"])
                 )
             WRITES.labels("create").inc()
             try:
-                return await self.kube.request("POST", SLICES_PATH, body=obj)
+                return await self.kube.create(RESOURCE_SLICES, obj)
             except errors.AlreadyExistsError:
                 # A slice of that name without our label (or not yet in our cache): adopt it.
-                found = await self.kube.request("GET", f"{SLICES_PATH}/{obj['metadata']['name']}")
+                found = await self.kube.get(RESOURCE_SLICES, obj["metadata"]["name"])
                 WRITES.labels("update").inc()
-                body = {
-                    **obj,
-                    "metadata": {
-                        **obj["metadata"],
-                        "resourceVersion": found["metadata"]["resourceVersion"],
-                    },
-                }
-                return await self.kube.request(
-                    "PUT", f"{SLICES_PATH}/{obj['metadata']['name']}", body=body
+                return await self.kube.replace(
+                    RESOURCE_SLICES, _at_version(obj, found["metadata"]["resourceVersion"])
                 )
 
     async def _delete(self, obj: Obj) -> None:
@@ -203,13 +190,11 @@ class Publisher:
                 "resourceVersion": obj["metadata"]["resourceVersion"],
             }
             with contextlib.suppress(errors.NotFoundError):
-                await self.kube.request(
-                    "DELETE",
-                    f"{SLICES_PATH}/{obj['metadata']['name']}",
-                    body={
-                        "apiVersion": "v1",
-                        "kind": "DeleteOptions",
-                        "preconditions": preconditions,
-                    },
+                await self.kube.delete(
+                    RESOURCE_SLICES, obj["metadata"]["name"], preconditions=preconditions
                 )
             self.store.deleted(obj["metadata"]["name"])
+
+
+def _at_version(obj: Obj, resource_version: str) -> Obj:
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": resource_version}}

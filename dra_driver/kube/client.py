@@ -1,11 +1,14 @@
-"""A small adapter over the official asyncio client, shared by the components.
+"""The project's Kubernetes client: the official asyncio client behind a few verbs.
 
 Why an adapter at all: it is the one place that knows how to connect (kubeconfig or
 in-cluster service account), that maps library exceptions onto
-:mod:`dra_driver.kube.errors`, that hides the generator's naming quirks (the v1
-claim model is ``ResourceV1ResourceClaim``, not ``V1ResourceClaim``), and that every
-component and test can point at another API server. Objects come back as the
-library's typed (pydantic) models.
+:mod:`dra_driver.kube.errors`, and that every component and test can point at
+another API server. Components name what they touch with the
+:mod:`~dra_driver.kube.resources` table and a verb (``get``, ``list``, ``watch``,
+``create``, ``replace``, ``patch``, ``apply``, ``delete``); the verbs call the
+library's public, typed API methods in their ``_without_preload_content`` form, so
+answers come back as plain JSON exactly as the server sent them (what a component
+compares with what it built), and no component spells a URL.
 
 The library is imported when a client connects, never when this module is: importing
 any part of ``kubernetes`` loads all of it (~0.45 s and ~45 MB), which a component
@@ -23,37 +26,37 @@ import os
 import pathlib
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Literal
 
 from dra_driver import __version__
 from dra_driver.kube import errors
-
-if TYPE_CHECKING:
-    from kubernetes.aio import client as k8s
+from dra_driver.kube.config import load_configuration
+from dra_driver.kube.resources import Resource
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds for one ordinary request; watches set their own."""
 
+APPLY = "application/apply-patch+yaml"
+PATCHES = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+}
+
+Obj = dict[str, Any]
+
 
 class KubeClient:
-    """Typed access to the API objects this project reads and writes.
+    """Verbs on the API objects of :mod:`dra_driver.kube.resources`, as plain JSON.
 
     One instance per process; it owns a connection pool and must be closed.
     """
 
-    def __init__(self, api_client: k8s.ApiClient, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, api_client: Any, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.api_client = api_client
         self.timeout = timeout
-        self.resource = _library().ResourceV1Api(api_client)
-        self._core: Any = None
-
-    @property
-    def core(self) -> Any:
-        """``CoreV1Api``, built on first use: its models alone cost ~25 MiB of memory."""
-        if self._core is None:
-            self._core = _library().CoreV1Api(self.api_client)
-        return self._core
+        self._apis: dict[str, Any] = {}
 
     @classmethod
     async def connect(
@@ -62,29 +65,13 @@ class KubeClient:
         """Connect with ``kubeconfig`` if given, else with the pod's service account.
 
         Raises:
-            KubeError: neither a readable kubeconfig nor an in-cluster environment.
+            KubeError: neither a usable kubeconfig nor an in-cluster environment; one
+                line naming the file (or the service account) and the problem.
         """
-        k8s = await asyncio.to_thread(_library)
-        from kubernetes.aio import config as k8s_config
-
-        configuration = k8s.Configuration()
-        try:
-            if kubeconfig is not None:
-                await k8s_config.load_kube_config(
-                    config_file=str(kubeconfig),
-                    client_configuration=configuration,
-                    persist_config=False,
-                )
-            else:
-                k8s_config.load_incluster_config(client_configuration=configuration)
-        except (k8s_config.ConfigException, OSError, ValueError) as exc:
-            where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
-            hint = "" if kubeconfig else " (outside a pod, pass --kubeconfig or set KUBECONFIG)"
-            raise errors.KubeError(
-                f"cannot load API credentials from {where}: {exc}{hint}"
-            ) from exc
+        library = await asyncio.to_thread(_library)
+        configuration = await load_configuration(kubeconfig=kubeconfig)
         _settle_proxy(configuration)
-        api_client = k8s.ApiClient(configuration)
+        api_client = library.ApiClient(configuration)
         api_client.user_agent = f"gvirtus-dra/{__version__} ({component}; pid {os.getpid()})"
         return cls(api_client, timeout=timeout)
 
@@ -97,65 +84,65 @@ class KubeClient:
         await self.api_client.close()
         await asyncio.sleep(0.05)
 
-    async def get_resource_claim(self, *, namespace: str, name: str) -> Any:
-        """Read one ResourceClaim (``resource.k8s.io/v1``).
+    # -- verbs ------------------------------------------------------------------------
 
-        Returns:
-            ``kubernetes.aio.client.ResourceV1ResourceClaim``.
-        """
-        async with translate_errors():
-            return await self.resource.read_namespaced_resource_claim(
-                name=name, namespace=namespace, _request_timeout=self.timeout
-            )
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str | int | None] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """One API call with a JSON answer, as plain dicts (``path`` starts at ``/api``).
-
-        Plain JSON suits objects a component builds itself and compares with what the
-        server stored (ResourceSlices, Leases, Events): what is sent is exactly what
-        was built, and typed models need not be imported for a field or two.
+    async def get(self, resource: Resource, name: str, *, namespace: str | None = None) -> Obj:
+        """One object.
 
         Raises:
-            KubeError: the matching subclass for the server's answer or the failure.
+            NotFoundError: it does not exist; other :class:`KubeError` as answered.
         """
-        async with translate_errors():
-            response = await self._send(
-                method, path, query=query, body=body, content_type=content_type, timeout=timeout
-            )
-            text = (await response.read()).decode()
-            _raise_for_status(response, text)
-            parsed = json.loads(text) if text else {}
-        if not isinstance(parsed, dict):
-            raise errors.KubeError(
-                f"{method} {path}: expected a JSON object", status=response.status
-            )
-        return parsed
+        method = self._method(resource, "read", namespace=namespace)
+        return await self._call(method, name=name, **_scope(resource, namespace))
+
+    async def list(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Obj:
+        """A whole list (``items``, ``metadata.resourceVersion``); all namespaces if None."""
+        method = self._method(resource, "list", namespace=namespace)
+        return await self._call(
+            method,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            **_scope(resource, namespace),
+        )
 
     async def watch(
-        self, path: str, *, query: Mapping[str, str | int | None], timeout: float
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The events of one watch stream (``watch=1`` is added), as plain dicts.
+        self,
+        resource: Resource,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> AsyncIterator[Obj]:
+        """The events of one watch stream from ``resource_version``, bookmarks included.
 
         An ``ERROR`` event is raised as the matching :class:`KubeError` (410 Gone as
         :class:`GoneError`); the stream ends when the server closes it.
         """
+        method = self._method(resource, "list", namespace=namespace)
         async with translate_errors():
-            response = await self._send(
-                "GET", path, query={**query, "watch": "1"}, timeout=timeout + 30
+            response = await method(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                _request_timeout=float(timeout_seconds + 30),
+                **_scope(resource, namespace),
             )
             try:
                 if not 200 <= response.status < 300:
-                    _raise_for_status(response, (await response.read()).decode())
-                while line := await response.response.content.readline():
+                    raise errors.from_status(status=response.status, body=await response.read())
+                while line := await response.content.readline():
                     event = json.loads(line)
                     if event.get("type") == "ERROR":
                         status = event.get("object") or {}
@@ -166,9 +153,105 @@ class KubeClient:
             finally:
                 # Abandoning a stream mid-way: drop its connection now rather than
                 # leaving a half-read TLS stream for the pool to discover.
-                response.response.close()
+                response.close()
 
-    async def _send(
+    async def create(
+        self,
+        resource: Resource,
+        body: Obj,
+        *,
+        namespace: str | None = None,
+        dry_run: bool = False,
+        field_manager: str | None = None,
+    ) -> Obj:
+        """Create ``body``; with ``dry_run`` the server answers what it would store.
+
+        Raises:
+            AlreadyExistsError: the name is taken; other :class:`KubeError` as answered.
+        """
+        method = self._method(resource, "create", namespace=namespace)
+        return await self._call(
+            method,
+            body=body,
+            dry_run="All" if dry_run else None,
+            field_manager=field_manager,
+            **_scope(resource, namespace),
+        )
+
+    async def replace(self, resource: Resource, body: Obj) -> Obj:
+        """Replace an object with ``body``, conditional on its ``resourceVersion``.
+
+        Raises:
+            ConflictError: the object changed since that version.
+        """
+        meta = body["metadata"]
+        namespace = meta.get("namespace")
+        method = self._method(resource, "replace", namespace=namespace)
+        return await self._call(method, name=meta["name"], body=body, **_scope(resource, namespace))
+
+    async def patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: Any,
+        *,
+        kind: Literal["merge", "json", "strategic"],
+        namespace: str | None = None,
+        subresource: str | None = None,
+    ) -> Obj:
+        """Patch an object (a JSON merge, JSON or strategic merge patch)."""
+        method = self._method(resource, "patch", namespace=namespace, subresource=subresource)
+        return await self._call(
+            method,
+            name=name,
+            body=patch,
+            _content_type=PATCHES[kind],
+            **_scope(resource, namespace),
+        )
+
+    async def apply(
+        self,
+        resource: Resource,
+        body: Obj,
+        *,
+        field_manager: str,
+        subresource: str | None = None,
+        force: bool = True,
+    ) -> Obj:
+        """Server-side apply ``body`` (which names the object) as ``field_manager``."""
+        meta = body["metadata"]
+        namespace = meta.get("namespace")
+        method = self._method(resource, "patch", namespace=namespace, subresource=subresource)
+        return await self._call(
+            method,
+            name=meta["name"],
+            body=body,
+            field_manager=field_manager,
+            force=force,
+            _content_type=APPLY,
+            **_scope(resource, namespace),
+        )
+
+    async def delete(
+        self,
+        resource: Resource,
+        name: str,
+        *,
+        namespace: str | None = None,
+        preconditions: Mapping[str, str] | None = None,
+    ) -> Obj:
+        """Delete an object, only while it still has ``preconditions`` (uid, resourceVersion).
+
+        Raises:
+            NotFoundError: it is gone already; ConflictError: a precondition failed.
+        """
+        method = self._method(resource, "delete", namespace=namespace)
+        options = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if preconditions:
+            options["preconditions"] = dict(preconditions)  # type: ignore[assignment]
+        return await self._call(method, name=name, body=options, **_scope(resource, namespace))
+
+    async def request(
         self,
         method: str,
         path: str,
@@ -177,17 +260,72 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float | None = None,
-    ) -> Any:
+    ) -> Obj:
+        """One call by path: kept only until the last callers move to the verbs above."""
         params = [(k, str(v)) for k, v in (query or {}).items() if v is not None]
-        request = await self.api_client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=params or None,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        return await self.api_client.call_api(*request, _request_timeout=timeout or self.timeout)
+        async with translate_errors():
+            request = await self.api_client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=params or None,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = await self.api_client.call_api(
+                *request, _request_timeout=timeout or self.timeout
+            )
+            raw = await response.read()
+        if not 200 <= response.status < 300:
+            raise errors.from_status(status=response.status, body=raw)
+        parsed = json.loads(raw) if raw else {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _method(
+        self,
+        resource: Resource,
+        verb: str,
+        *,
+        namespace: str | None,
+        subresource: str | None = None,
+    ) -> Callable[..., Any]:
+        """The library's method for ``verb`` on ``resource``, by its naming convention."""
+        api = self._apis.get(resource.api)
+        if api is None:
+            api = self._apis[resource.api] = getattr(_library(), resource.api)(self.api_client)
+        name = resource.singular + (f"_{subresource}" if subresource else "")
+        if resource.namespaced and namespace is not None:
+            name = f"{verb}_namespaced_{name}"
+        elif resource.namespaced:
+            name = f"{verb}_{name}_for_all_namespaces"
+        else:
+            name = f"{verb}_{name}"
+        method: Callable[..., Any] = getattr(api, f"{name}_without_preload_content")
+        return method
+
+    async def _call(self, method: Callable[..., Any], **kwargs: Any) -> Obj:
+        """Call, read the whole answer, and raise a :class:`KubeError` unless it is 2xx."""
+        arguments = {k: v for k, v in kwargs.items() if v is not None}
+        async with translate_errors():
+            response = await method(**arguments, _request_timeout=self.timeout)
+            try:
+                raw = await response.read()
+            finally:
+                response.release()
+        if not 200 <= response.status < 300:
+            raise errors.from_status(status=response.status, body=raw)
+        parsed = json.loads(raw) if raw else {}
+        if not isinstance(parsed, dict):
+            raise errors.KubeError("the API server answered with no JSON object", status=200)
+        return parsed
+
+
+def _scope(resource: Resource, namespace: str | None) -> dict[str, str]:
+    if namespace is not None and not resource.namespaced:
+        raise ValueError(f"{resource} is cluster-scoped; no namespace applies")
+    return {"namespace": namespace} if namespace is not None else {}
 
 
 def _library() -> Any:
@@ -195,11 +333,6 @@ def _library() -> Any:
     from kubernetes.aio import client
 
     return client
-
-
-def _raise_for_status(response: Any, text: str) -> None:
-    if not 200 <= response.status < 300:
-        _library().ApiException.from_response(http_resp=response, body=text, data=None)
 
 
 def _settle_proxy(configuration: Any) -> None:
@@ -224,6 +357,7 @@ def _settle_proxy(configuration: Any) -> None:
 async def translate_errors() -> AsyncIterator[None]:
     """Re-raise the client library's and aiohttp's failures as :class:`KubeError`."""
     import aiohttp
+    import pydantic
 
     try:
         yield
@@ -233,6 +367,12 @@ async def translate_errors() -> AsyncIterator[None]:
                 status=exc.status, body=exc.body, fallback=str(exc.reason or "")
             ) from exc
         raise errors.TransportError(str(exc.reason or exc), reason="Transport") from exc
+    except pydantic.ValidationError as exc:
+        raise errors.InvalidError(
+            f"the client library refused the request: {exc.errors()[0]['msg']} at "
+            + ".".join(str(p) for p in exc.errors()[0]["loc"]),
+            reason="Invalid",
+        ) from exc
     except (aiohttp.ClientError, OSError) as exc:  # OSError covers TimeoutError
         detail = str(exc) or type(exc).__name__
         raise errors.TransportError(

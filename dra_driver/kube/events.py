@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,6 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            await self.kube.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+            await self.kube.create(EVENTS, body, namespace=namespace)
         except errors.KubeError as exc:
             log.warning("could not record event %s: %s", reason, exc.message)

@@ -2,7 +2,7 @@
 
 The client library's ``Watch`` retries a 410 once with the same stale
 resourceVersion and then gives up, and its informer is thread-based; so this loop
-is our own, over :meth:`KubeClient.request` and :meth:`KubeClient.watch`. Objects
+is our own, over :meth:`KubeClient.list` and :meth:`KubeClient.watch`. Objects
 are plain JSON dicts, as the server sent them. Its contract:
 
 * ``on_relist(items)`` receives the complete current set after every (re-)list;
@@ -27,6 +27,7 @@ from prometheus_client import Counter
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import Resource
 
 log = logging.getLogger(__name__)
 
@@ -72,31 +73,36 @@ class Backoff:
 async def list_watch(
     *,
     kube: KubeClient,
-    path: str,
+    resource: Resource,
     consumer: Consumer,
     component: str,
-    resource: str,
+    namespace: str | None = None,
     field_selector: str | None = None,
     label_selector: str | None = None,
     timeout_seconds: int = 240,
     backoff: Backoff = Backoff(),
     iterations: int | None = None,
 ) -> None:
-    """Keep ``consumer`` in sync with the collection at ``path``, until cancelled.
+    """Keep ``consumer`` in sync with a collection, until cancelled.
 
     Args:
         kube: the API client.
-        path: the collection, e.g. ``/apis/resource.k8s.io/v1/resourceslices``.
+        resource: what to watch.
         consumer: receives re-lists and events; its exceptions end the loop.
         component: metric label naming the calling component.
-        resource: metric and log label naming the resource.
+        namespace: one namespace, or None for all (or a cluster-scoped resource).
         field_selector: passed to list and watch.
         label_selector: passed to list and watch.
         timeout_seconds: server-side length of one watch stream (randomised by 20%).
         backoff: delays between failed attempts.
         iterations: stop after this many list or watch rounds (tests only).
     """
-    selectors = {"fieldSelector": field_selector, "labelSelector": label_selector}
+    scope: dict[str, Any] = {
+        "namespace": namespace,
+        "label_selector": label_selector,
+        "field_selector": field_selector,
+    }
+    label = resource.plural
     resource_version: str | None = None
     failures = 0
     rounds = 0
@@ -104,47 +110,52 @@ async def list_watch(
         rounds += 1
         try:
             if resource_version is None:
-                listed = await kube.request("GET", path, query=selectors)
+                listed = await kube.list(resource, **scope)
                 await consumer.on_relist(list(listed.get("items") or []))
                 resource_version = str(listed["metadata"]["resourceVersion"])
             else:
                 resource_version = await _watch_once(
                     kube=kube,
-                    path=path,
+                    resource=resource,
                     consumer=consumer,
-                    query={
-                        **selectors,
-                        "resourceVersion": resource_version,
-                        "allowWatchBookmarks": "true",
-                        "timeoutSeconds": int(timeout_seconds * random.uniform(0.8, 1.0)) or 1,
-                    },
+                    resource_version=resource_version,
+                    timeout_seconds=int(timeout_seconds * random.uniform(0.8, 1.0)) or 1,
+                    scope=scope,
                 )
-                WATCH_RESTARTS.labels(component, resource, "resume").inc()
+                WATCH_RESTARTS.labels(component, label, "resume").inc()
             failures = 0
         except errors.GoneError as exc:
-            log.info("watch of %s expired (%s); re-listing", resource, exc.message)
-            WATCH_RESTARTS.labels(component, resource, "relist").inc()
+            log.info("watch of %s expired (%s); re-listing", label, exc.message)
+            WATCH_RESTARTS.labels(component, label, "relist").inc()
             resource_version = None
         except errors.KubeError as exc:
             delay = backoff.delay(failures)
             failures += 1
             log.warning(
                 "list/watch of %s failed (%s); retrying in %.1fs",
-                resource,
+                label,
                 exc.message,
                 delay,
                 extra={"status": exc.status, "attempt": failures},
             )
-            WATCH_RESTARTS.labels(component, resource, "error").inc()
+            WATCH_RESTARTS.labels(component, label, "error").inc()
             await asyncio.sleep(delay)
 
 
 async def _watch_once(
-    *, kube: KubeClient, path: str, consumer: Consumer, query: dict[str, Any]
+    *,
+    kube: KubeClient,
+    resource: Resource,
+    consumer: Consumer,
+    resource_version: str,
+    timeout_seconds: int,
+    scope: dict[str, Any],
 ) -> str:
     """Consume one watch stream; return the resourceVersion to resume from."""
-    resource_version = str(query["resourceVersion"])
-    async for event in kube.watch(path, query=query, timeout=float(query["timeoutSeconds"])):
+    events = kube.watch(
+        resource, resource_version=resource_version, timeout_seconds=timeout_seconds, **scope
+    )
+    async for event in events:
         obj = event.get("object") or {}
         resource_version = str((obj.get("metadata") or {}).get("resourceVersion", resource_version))
         if event.get("type") != "BOOKMARK":

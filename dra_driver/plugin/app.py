@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from dra_driver import __version__
 from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import NODES, RESOURCE_SLICES
 from dra_driver.kube.watch import list_watch
 from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
 from dra_driver.plugin.checkpoint import CheckpointFile
@@ -36,7 +37,7 @@ from dra_driver.plugin.probes import SocketProbe
 from dra_driver.plugin.registration import RegistrationService
 from dra_driver.plugin.server import PluginServer
 from dra_driver.plugin.settings import PluginSettings
-from dra_driver.plugin.slice_cache import SLICES_PATH, SliceCache
+from dra_driver.plugin.slice_cache import SliceCache
 from dra_driver.plugin.state import State
 
 if TYPE_CHECKING:
@@ -128,10 +129,9 @@ async def _connect(
     watch = asyncio.create_task(
         list_watch(
             kube=kube,
-            path=SLICES_PATH,
+            resource=RESOURCE_SLICES,
             consumer=state.slices,
             component=COMPONENT,
-            resource="resourceslices",
             field_selector=state.slices.field_selector,
         ),
         name="slice-watch",
@@ -204,7 +204,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 async def _check_node(*, kube: KubeClient, node: str) -> None:
     """Warn early about a node no allocation can reach; never fatal."""
     try:
-        found = await kube.request("GET", f"/api/v1/nodes/{node}")
+        found = await kube.get(NODES, node)
     except kube_errors.NotFoundError:
         log.warning("node %s does not exist; check --node-name", node)
         return

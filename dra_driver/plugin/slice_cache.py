@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge
 
 from dra_driver.kube import errors as kube_errors
+from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.kube.watch import WatchEvent
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ READ_THROUGH_TTL = 1.0
 
 AttributeValue = str | int | bool | list[Any]
 Obj = dict[str, Any]
-
-SLICES_PATH = "/apis/resource.k8s.io/v1/resourceslices"
 
 
 @dataclass(frozen=True)
@@ -243,9 +242,7 @@ class SliceCache:
     async def _list_pools(self) -> dict[str, dict[str, DeviceInfo]]:
         if self.kube is None:
             raise kube_errors.TransportError("the API client is not connected yet")
-        listed = await self.kube.request(
-            "GET", SLICES_PATH, query={"fieldSelector": self.field_selector}
-        )
+        listed = await self.kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
         return _index(self._parse(s) for s in listed.get("items") or [] if self._ours(s))
 
 

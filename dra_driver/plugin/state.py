@@ -37,8 +37,10 @@ from prometheus_client import Gauge
 
 from dra_driver import files, gvirtus
 from dra_driver.kube import errors as kube_errors
+from dra_driver.kube.resources import RESOURCE_CLAIMS
 from dra_driver.models import ConfigValidationError, GVirtuSConfig, merge_configs, parse_config
 from dra_driver.plugin import cdi, taints
+from dra_driver.plugin.allocation import ConfigEntry, Result, allocation_of, uid_of
 from dra_driver.plugin.checkpoint import (
     CheckpointData,
     CheckpointError,
@@ -309,11 +311,11 @@ class State:
         """Everything prepare needs to know about a claim, read without the lock."""
         try:
             claim = await self._read_claim(ref)
-            allocation = claim.status.allocation if claim.status is not None else None
-            if allocation is None or allocation.devices is None:
+            allocation = allocation_of(claim)
+            if allocation is None:
                 raise ClaimError(f"{ref}: it is not allocated")
-            results = [r for r in allocation.devices.results or [] if r.driver == self.driver]
-            configs = self._configs(ref, allocation.devices.config or [])
+            results = [r for r in allocation.results if r.driver == self.driver]
+            configs = self._configs(ref, allocation.configs)
             devices = [await self._prepare_device(ref, r, configs) for r in results]
         except ClaimError as exc:
             return exc
@@ -323,43 +325,43 @@ class State:
             namespace=ref.namespace, name=ref.name, prepared_at=self.clock(), devices=devices
         )
 
-    async def _read_claim(self, ref: ClaimRef) -> Any:
+    async def _read_claim(self, ref: ClaimRef) -> dict[str, Any]:
         try:
-            claim = await self.kube.get_resource_claim(namespace=ref.namespace, name=ref.name)
+            claim = await self.kube.get(RESOURCE_CLAIMS, ref.name, namespace=ref.namespace)
         except kube_errors.NotFoundError as exc:
             raise ClaimError(f"{ref}: it does not exist (any more)") from exc
         except kube_errors.KubeError as exc:
             raise ClaimError(
                 f"{ref}: reading it from the API server failed: {exc.message}"
             ) from exc
-        if claim.metadata.uid != ref.uid:
+        if uid_of(claim) != ref.uid:
             raise ClaimError(
-                f"{ref}: the API server has a claim of that name with uid {claim.metadata.uid}; "
+                f"{ref}: the API server has a claim of that name with uid {uid_of(claim)}; "
                 "the claim was deleted and created again"
             )
         return claim
 
     def _configs(
-        self, ref: ClaimRef, entries: list[Any]
+        self, ref: ClaimRef, entries: Sequence[ConfigEntry]
     ) -> list[tuple[tuple[str, ...], GVirtuSConfig]]:
         """This driver's configurations, class entries before claim entries (claim wins)."""
-        ours = [e for e in entries if e.opaque is not None and e.opaque.driver == self.driver]
+        ours = [e for e in entries if e.driver == self.driver]
         ordered = sorted(ours, key=lambda e: 0 if e.source == "FromClass" else 1)
         parsed = []
         for entry in ordered:
             try:
-                config = parse_config(entry.opaque.parameters)
+                config = parse_config(entry.parameters)
             except ConfigValidationError as exc:
                 where = "DeviceClass" if entry.source == "FromClass" else "claim"
-                scope = f" for requests {entry.requests}" if entry.requests else ""
+                scope = f" for requests {list(entry.requests)}" if entry.requests else ""
                 raise ClaimError(
                     f"{ref}: invalid opaque configuration from its {where}{scope}: {exc}"
                 ) from exc
-            parsed.append((tuple(entry.requests or ()), config))
+            parsed.append((entry.requests, config))
         return parsed
 
     async def _prepare_device(
-        self, ref: ClaimRef, result: Any, configs: list[tuple[tuple[str, ...], GVirtuSConfig]]
+        self, ref: ClaimRef, result: Result, configs: list[tuple[tuple[str, ...], GVirtuSConfig]]
     ) -> PreparedDevice:
         where = f"{result.pool}/{result.device}"
         try:
@@ -368,8 +370,7 @@ class State:
             raise ClaimError(f"{ref}: looking up device {where} failed: {exc.message}") from exc
         if info is None:
             raise ClaimError(f"{ref}: {self._absence(pool=result.pool, device=result.device)}")
-        tolerations = [taints.Toleration.of(t) for t in result.tolerations or []]
-        taint = taints.refusing(info.taints, tolerations)
+        taint = taints.refusing(info.taints, result.tolerations)
         if taint is not None:
             raise ClaimError(
                 f"{ref}: device {where} ({_backend(info)}) is unhealthy: "

@@ -12,7 +12,7 @@ the scheduler judged when it allocated, gets the device anyway.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +35,13 @@ class Toleration:
     effect: str = ""
 
     @classmethod
-    def of(cls, model: Any) -> Toleration:
-        """From the API client's model of a toleration (absent fields are empty)."""
+    def of(cls, toleration: Mapping[str, Any]) -> Toleration:
+        """From a toleration as the API server sends it (absent fields are empty)."""
         return cls(
-            key=model.key or "",
-            operator=model.operator or "Equal",
-            value=model.value or "",
-            effect=model.effect or "",
+            key=str(toleration.get("key") or ""),
+            operator=str(toleration.get("operator") or "Equal"),
+            value=str(toleration.get("value") or ""),
+            effect=str(toleration.get("effect") or ""),
         )
 
     def tolerates(self, taint: Taint) -> bool:

@@ -1,4 +1,4 @@
-"""The client adapter: typed objects out, the project's own errors for every failure."""
+"""The client: verbs on described resources, the server's JSON out, the project's own errors."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ import pytest
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import NODES, RESOURCE_CLAIMS, RESOURCE_SLICES
 from tests.support.apiserver import APIServer, fixture, fixture_object
 
 
-async def test_claims_come_back_as_typed_v1_models(
+async def test_claims_come_back_as_the_servers_json(
     apiserver: APIServer, kubeconfig: pathlib.Path
 ) -> None:
     apiserver.put(fixture_object("02-shared-claim-a-allocated-get.json"))
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
     try:
-        claim = await kube.get_resource_claim(namespace="gvirtus-demo", name="shared-a")
+        claim = await kube.get(RESOURCE_CLAIMS, "shared-a", namespace="gvirtus-demo")
     finally:
         await kube.close()
-    assert type(claim).__name__ == "ResourceV1ResourceClaim"
-    (result,) = claim.status.allocation.devices.results
-    assert (result.pool, result.device, result.share_id) == (
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    assert (result["pool"], result["device"], result["shareID"]) == (
         "backend-node-b",
         "gpu-0",
         "de323fb6-a4ab-45ff-8d3a-39922b4cb784",
@@ -49,12 +49,11 @@ async def test_http_failures_map_to_project_errors(
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
     try:
         with pytest.raises(error) as caught:
-            await kube.get_resource_claim(namespace="gvirtus-demo", name="c")
+            await kube.get(RESOURCE_CLAIMS, "c", namespace="gvirtus-demo")
     finally:
         await kube.close()
     assert caught.value.status == code
     assert caught.value.message == f"injected {code}"
-    assert caught.value.__cause__ is not None, "the library's exception stays chained"
 
 
 async def test_missing_object_is_not_found_with_the_servers_message(
@@ -63,7 +62,7 @@ async def test_missing_object_is_not_found_with_the_servers_message(
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
     try:
         with pytest.raises(errors.NotFoundError) as caught:
-            await kube.get_resource_claim(namespace="gvirtus-demo", name="does-not-exist")
+            await kube.get(RESOURCE_CLAIMS, "does-not-exist", namespace="gvirtus-demo")
     finally:
         await kube.close()
     assert caught.value.reason == "NotFound"
@@ -80,7 +79,7 @@ async def test_rejected_token_is_unauthorized(
     apiserver.token = "rotated-again"
     try:
         with pytest.raises(errors.UnauthorizedError):
-            await kube.request("GET", "/apis/resource.k8s.io/v1/resourceslices")
+            await kube.list(RESOURCE_SLICES)
     finally:
         await kube.close()
 
@@ -91,10 +90,11 @@ async def test_unreachable_server_is_a_transport_error(
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test", timeout=2)
     apiserver.stop()
     try:
-        with pytest.raises(errors.TransportError, match="API server unreachable"):
-            await kube.request("GET", "/apis/resource.k8s.io/v1/resourceslices")
+        with pytest.raises(errors.TransportError, match="API server unreachable") as caught:
+            await kube.list(RESOURCE_SLICES)
     finally:
         await kube.close()
+    assert caught.value.__cause__ is not None, "the library's exception stays chained"
 
 
 async def test_unreadable_kubeconfig_names_the_file(short_tmp: pathlib.Path) -> None:
@@ -147,9 +147,9 @@ async def test_plain_json_requests_read_objects_and_map_errors(
     apiserver.put(fixture_object("09-node-get.json"))
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
     try:
-        node = await kube.request("GET", "/api/v1/nodes/worker-1")
+        node = await kube.get(NODES, "worker-1")
         with pytest.raises(errors.NotFoundError, match='nodes "worker-9" not found'):
-            await kube.request("GET", "/api/v1/nodes/worker-9")
+            await kube.get(NODES, "worker-9")
     finally:
         await kube.close()
     assert node["metadata"]["labels"]["gvirtus.io/frontend.allowed"] == "true"
@@ -158,22 +158,18 @@ async def test_plain_json_requests_read_objects_and_map_errors(
 async def test_plain_json_writes_send_exactly_what_was_built(
     apiserver: APIServer, kubeconfig: pathlib.Path
 ) -> None:
-    path = "/apis/resource.k8s.io/v1/resourceslices"
     body = fixture("01-resourceslice-create.json")["request"]["body"]
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
     try:
-        created = await kube.request("POST", path, body=body)
+        created = await kube.create(RESOURCE_SLICES, body)
         name = created["metadata"]["name"]
-        patched = await kube.request(
-            "PATCH",
-            f"{path}/{name}",
-            body={"metadata": {"labels": {"a": "b"}}},
-            content_type="application/merge-patch+json",
+        patched = await kube.patch(
+            RESOURCE_SLICES, name, {"metadata": {"labels": {"a": "b"}}}, kind="merge"
         )
-        deleted = await kube.request("DELETE", f"{path}/{name}")
-        await kube.request("POST", path, body=body | {"metadata": {"name": "again"}})
+        deleted = await kube.delete(RESOURCE_SLICES, name)
+        await kube.create(RESOURCE_SLICES, body | {"metadata": {"name": "again"}})
         with pytest.raises(errors.AlreadyExistsError):
-            await kube.request("POST", path, body=body | {"metadata": {"name": "again"}})
+            await kube.create(RESOURCE_SLICES, body | {"metadata": {"name": "again"}})
     finally:
         await kube.close()
     assert created["spec"] == fixture("01-resourceslice-create.json")["response"]["body"]["spec"]
@@ -194,11 +190,7 @@ async def test_watch_of_an_expired_version_raises_gone(
     kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
     try:
         with pytest.raises(errors.GoneError, match="too old resource version: 1"):
-            async for _ in kube.watch(
-                "/apis/resource.k8s.io/v1/resourceslices",
-                query={"resourceVersion": "1", "timeoutSeconds": 5},
-                timeout=5,
-            ):
+            async for _ in kube.watch(RESOURCE_SLICES, resource_version="1", timeout_seconds=5):
                 pass
     finally:
         await kube.close()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.kube.watch import Backoff, WatchEvent, list_watch
 from tests.support import objects
 from tests.support.apiserver import APIServer
@@ -51,10 +52,9 @@ async def run(kube: KubeClient, recorder: Recorder, **kwargs: Any) -> asyncio.Ta
     return asyncio.create_task(
         list_watch(
             kube=kube,
-            path="/apis/resource.k8s.io/v1/resourceslices",
+            resource=RESOURCE_SLICES,
             consumer=recorder,
             component="test",
-            resource="resourceslices",
             backoff=Backoff(initial=0.01, maximum=0.05),
             **kwargs,
         )

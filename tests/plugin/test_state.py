@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.kube.watch import list_watch
 from dra_driver.plugin import slice_cache as slice_cache_module
 from dra_driver.plugin.checkpoint import CheckpointFile
 from dra_driver.plugin.locking import Serializer
-from dra_driver.plugin.slice_cache import SLICES_PATH, SliceCache
+from dra_driver.plugin.slice_cache import SliceCache
 from dra_driver.plugin.state import ClaimRef, State
 from tests.support import cdi_check, gvirtus, objects
 from tests.support.apiserver import APIServer, fixture_object
@@ -93,10 +94,9 @@ async def node(kube: KubeClient, short_tmp: pathlib.Path) -> AsyncIterator[Node]
     watch = asyncio.create_task(
         list_watch(
             kube=kube,
-            path=SLICES_PATH,
+            resource=RESOURCE_SLICES,
             consumer=slices,
             component="test",
-            resource="resourceslices",
             field_selector=slices.field_selector,
         )
     )

@@ -497,6 +497,47 @@ def _validate_webhooks(new: Obj, old: Obj | None) -> list[Cause]:
     return causes
 
 
+_TIME_FIELDS = frozenset(
+    {
+        "timeAdded",
+        "lastTransitionTime",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "allocationTimestamp",
+        "lastProbeTime",
+        "lastHeartbeatTime",
+    }
+)
+_MICRO_TIME_FIELDS = frozenset({"acquireTime", "renewTime"})
+
+
+def _normalize_times(value: Any) -> None:
+    """Store times as a 1.36 server does: UTC with ``Z``, whatever offset was sent.
+
+    ``metav1.Time`` is kept to the second, ``MicroTime`` to the microsecond; a value
+    that does not parse is left for validation to refuse.
+    """
+    if isinstance(value, list):
+        for item in value:
+            _normalize_times(item)
+        return
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        if isinstance(item, str) and key in _TIME_FIELDS | _MICRO_TIME_FIELDS:
+            try:
+                moment = datetime.datetime.fromisoformat(item.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if moment.tzinfo is None:
+                continue
+            moment = moment.astimezone(datetime.UTC)
+            micro = key in _MICRO_TIME_FIELDS
+            value[key] = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+        else:
+            _normalize_times(item)
+
+
 _MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
 
 
@@ -1177,6 +1218,7 @@ class APIServer:
         body["kind"], body["apiVersion"] = kind.kind, kind.api_version
         if kind.decode is not None and (problem := kind.decode(body)):
             raise APIError(400, "BadRequest", problem)
+        _normalize_times(body)
         if not isinstance(body.get("metadata", {}), dict):
             raise APIError(
                 400, "BadRequest", f'{kind.kind} in version "{kind.version}" cannot be handled'
@@ -1494,6 +1536,7 @@ class APIServer:
                 f"the API version in the data ({applied.get('apiVersion')}) does not match "
                 f"the expected API version ({kind.api_version})",
             )
+        _normalize_times(applied)
         meta = applied.get("metadata") or {}
         if meta.get("name") not in (None, name):
             raise APIError(
