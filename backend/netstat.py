@@ -1,37 +1,92 @@
-"""Established TCP connections per local port, from ``/proc/net/tcp`` and ``tcp6``.
+"""TCP sockets as the kernel lists them in ``/proc/<pid>/net/tcp`` and ``tcp6``.
 
-GVirtuS has no way to ask a backend how busy it is; every frontend thread holds one
-TCP connection to it, so the connections on its port are the load. Reading the
-kernel's tables costs no connection to the backend.
+Reading the tables costs the backend nothing, unlike a connect, which the real
+``gvirtus-backend`` never closes (each one leaks a descriptor in CLOSE-WAIT). A row
+gives the state, both ends, the queues and the socket's inode (0 while a connection
+waits in a listener's accept queue, unowned by any descriptor). For a listening
+socket ``rx_queue`` is the current length of its accept queue; ``tx_queue`` is 0
+there, so the backlog itself is not in the table.
 """
 
 from __future__ import annotations
 
+import enum
 import pathlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-ESTABLISHED = "01"
-TABLES = (pathlib.Path("/proc/net/tcp"), pathlib.Path("/proc/net/tcp6"))
+
+class State(enum.IntEnum):
+    """The TCP states the agent tells apart (codes of the kernel's ``tcp_states.h``)."""
+
+    ESTABLISHED = 0x01
+    CLOSE_WAIT = 0x08
+    LISTEN = 0x0A
+
 
 Peer = tuple[int, str, int]
 """(local port, remote address in the table's hex form, remote port)."""
 
 
+@dataclass(frozen=True)
+class TCPSocket:
+    """One row of a kernel TCP table."""
+
+    local_port: int
+    remote_address: str
+    remote_port: int
+    state: int
+    tx_queue: int
+    rx_queue: int
+    inode: int
+
+    @property
+    def peer(self) -> Peer:
+        """Who is connected, as seen from the local port."""
+        return (self.local_port, self.remote_address, self.remote_port)
+
+
+def parse(text: str) -> list[TCPSocket]:
+    """The rows of one table; the header and any line not shaped like a row are skipped."""
+    rows = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 10 or not fields[0].endswith(":") or ":" not in fields[4]:
+            continue
+        try:
+            tx_queue, rx_queue = (int(part, 16) for part in fields[4].split(":", 1))
+            remote, _, remote_port = fields[2].rpartition(":")
+            rows.append(
+                TCPSocket(
+                    local_port=int(fields[1].rpartition(":")[2], 16),
+                    remote_address=remote,
+                    remote_port=int(remote_port, 16),
+                    state=int(fields[3], 16),
+                    tx_queue=tx_queue,
+                    rx_queue=rx_queue,
+                    inode=int(fields[9]),
+                )
+            )
+        except ValueError:
+            continue
+    return rows
+
+
+def read(tables: Iterable[pathlib.Path]) -> list[TCPSocket]:
+    """Every row of ``tables``; a missing table (no IPv6 on the node) has none."""
+    rows: list[TCPSocket] = []
+    for table in tables:
+        try:
+            rows.extend(parse(table.read_text()))
+        except FileNotFoundError:
+            continue
+    return rows
+
+
+TABLES = (pathlib.Path("/proc/net/tcp"), pathlib.Path("/proc/net/tcp6"))
+
+
 def established(ports: Iterable[int], *, tables: Iterable[pathlib.Path] = TABLES) -> set[Peer]:
     """Established connections whose local port is one of ``ports``."""
     wanted = set(ports)
-    peers: set[Peer] = set()
-    for table in tables:
-        try:
-            lines = table.read_text().splitlines()[1:]
-        except FileNotFoundError:  # no IPv6 on this node
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 4 or fields[3] != ESTABLISHED:
-                continue
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port in wanted:
-                remote, _, remote_port = fields[2].rpartition(":")
-                peers.add((local_port, remote, int(remote_port, 16)))
-    return peers
+    return {r.peer for r in read(tables) if r.state == State.ESTABLISHED and r.local_port in wanted}
