@@ -32,6 +32,7 @@ Peer = tuple[int, str, int]
 class TCPSocket:
     """One row of a kernel TCP table."""
 
+    local_address: str
     local_port: int
     remote_address: str
     remote_port: int
@@ -39,6 +40,11 @@ class TCPSocket:
     tx_queue: int
     rx_queue: int
     inode: int
+
+    @property
+    def wildcard(self) -> bool:
+        """Bound to every address (0.0.0.0 or ::)."""
+        return not self.local_address.strip("0")
 
     @property
     def peer(self) -> Peer:
@@ -55,10 +61,12 @@ def parse(text: str) -> list[TCPSocket]:
             continue
         try:
             tx_queue, rx_queue = (int(part, 16) for part in fields[4].split(":", 1))
+            local, _, local_port = fields[1].rpartition(":")
             remote, _, remote_port = fields[2].rpartition(":")
             rows.append(
                 TCPSocket(
-                    local_port=int(fields[1].rpartition(":")[2], 16),
+                    local_address=local,
+                    local_port=int(local_port, 16),
                     remote_address=remote,
                     remote_port=int(remote_port, 16),
                     state=int(fields[3], 16),
@@ -81,12 +89,3 @@ def read(tables: Iterable[pathlib.Path]) -> list[TCPSocket]:
         except FileNotFoundError:
             continue
     return rows
-
-
-TABLES = (pathlib.Path("/proc/net/tcp"), pathlib.Path("/proc/net/tcp6"))
-
-
-def established(ports: Iterable[int], *, tables: Iterable[pathlib.Path] = TABLES) -> set[Peer]:
-    """Established connections whose local port is one of ``ports``."""
-    wanted = set(ports)
-    return {r.peer for r in read(tables) if r.state == State.ESTABLISHED and r.local_port in wanted}

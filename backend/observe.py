@@ -79,10 +79,12 @@ def _one(
     # Judge descriptors by the process that serves; before it listens, by the leader.
     judged = listener_pid if listener_pid is not None else target.pgid
     descriptors = held.get(judged) if judged is not None else None
-    established = [s for s in on_port if s.state == State.ESTABLISHED]
-    accepted = [
-        s for s in on_port if s.inode in inodes and s.state in (State.ESTABLISHED, State.CLOSE_WAIT)
-    ]
+    # Another process's socket may share the port number on another address: a
+    # connection is the backend's when it holds it, or when it waits in its queue.
+    owned = [s for s in on_port if s.inode in inodes]
+    queued = [s for s in on_port if s.inode == 0 and own and _queued_at(s, own[0])]
+    established = [s for s in owned + queued if s.state == State.ESTABLISHED]
+    accepted = [s for s in owned if s.state in (State.ESTABLISHED, State.CLOSE_WAIT)]
     return Observation(
         alive=True,
         listener_pid=listener_pid,
@@ -97,3 +99,7 @@ def _one(
         connections=frozenset(s.inode for s in accepted),
         peers=frozenset(s.peer for s in established),
     )
+
+
+def _queued_at(connection: TCPSocket, listener: TCPSocket) -> bool:
+    return listener.wildcard or connection.local_address == listener.local_address
