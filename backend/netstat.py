@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 
@@ -52,40 +52,53 @@ class TCPSocket:
         return (self.local_port, self.remote_address, self.remote_port)
 
 
-def parse(text: str) -> list[TCPSocket]:
-    """The rows of one table; the header and any line not shaped like a row are skipped."""
+def parse(text: str, *, ports: Collection[int] | None = None) -> list[TCPSocket]:
+    """The rows of one table (only those whose local port is in ``ports``, if given).
+
+    The header and any line not shaped like a row are skipped. A node's table can
+    hold thousands of rows (TIME-WAIT ones of other programs among them), so rows on
+    other ports are dropped before they are parsed.
+    """
+    wanted = None if ports is None else {f":{port:04X}" for port in ports}
     rows = []
     for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 10 or not fields[0].endswith(":") or ":" not in fields[4]:
+        head = line.split(None, 2)
+        if len(head) < 3 or (wanted is not None and head[1][-5:] not in wanted):
             continue
-        try:
-            tx_queue, rx_queue = (int(part, 16) for part in fields[4].split(":", 1))
-            local, _, local_port = fields[1].rpartition(":")
-            remote, _, remote_port = fields[2].rpartition(":")
-            rows.append(
-                TCPSocket(
-                    local_address=local,
-                    local_port=int(local_port, 16),
-                    remote_address=remote,
-                    remote_port=int(remote_port, 16),
-                    state=int(fields[3], 16),
-                    tx_queue=tx_queue,
-                    rx_queue=rx_queue,
-                    inode=int(fields[9]),
-                )
-            )
-        except ValueError:
-            continue
+        if (row := _row(line.split())) is not None:
+            rows.append(row)
     return rows
 
 
-def read(tables: Iterable[pathlib.Path]) -> list[TCPSocket]:
-    """Every row of ``tables``; a missing table (no IPv6 on the node) has none."""
+def _row(fields: list[str]) -> TCPSocket | None:
+    if len(fields) < 10 or not fields[0].endswith(":") or ":" not in fields[4]:
+        return None
+    try:
+        tx_queue, rx_queue = (int(part, 16) for part in fields[4].split(":", 1))
+        local, _, local_port = fields[1].rpartition(":")
+        remote, _, remote_port = fields[2].rpartition(":")
+        return TCPSocket(
+            local_address=local,
+            local_port=int(local_port, 16),
+            remote_address=remote,
+            remote_port=int(remote_port, 16),
+            state=int(fields[3], 16),
+            tx_queue=tx_queue,
+            rx_queue=rx_queue,
+            inode=int(fields[9]),
+        )
+    except ValueError:
+        return None
+
+
+def read(
+    tables: Iterable[pathlib.Path], *, ports: Collection[int] | None = None
+) -> list[TCPSocket]:
+    """Every row of ``tables`` (on ``ports``, if given); a missing table (no IPv6) has none."""
     rows: list[TCPSocket] = []
     for table in tables:
         try:
-            rows.extend(parse(table.read_text()))
+            rows.extend(parse(table.read_text(), ports=ports))
         except FileNotFoundError:
             continue
     return rows

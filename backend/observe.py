@@ -52,13 +52,15 @@ def observe(targets: Sequence[Target], *, root: pathlib.Path = procfs.PROC) -> l
     """An observation per target, in order. Blocking: call it off the event loop."""
     groups = procfs.process_groups(root=root)
     tables: dict[str, list[TCPSocket]] = {}
-    return [_one(target, groups, tables, root) for target in targets]
+    ports = {target.port for target in targets}
+    return [_one(target, groups, tables, ports, root) for target in targets]
 
 
 def _one(
     target: Target,
     groups: dict[int, list[procfs.Stat]],
     tables: dict[str, list[TCPSocket]],
+    ports: set[int],
     root: pathlib.Path,
 ) -> Observation:
     members = groups.get(target.pgid, []) if target.pgid is not None else []
@@ -68,7 +70,7 @@ def _one(
     first = next(iter(held))
     namespace = procfs.network_namespace(first, root=root)
     if namespace not in tables:
-        tables[namespace] = netstat.read(procfs.tcp_tables(first, root=root))
+        tables[namespace] = netstat.read(procfs.tcp_tables(first, root=root), ports=ports)
     on_port = [s for s in tables[namespace] if s.local_port == target.port]
     inodes = frozenset().union(*(d.socket_inodes for d in held.values()))
     listeners = [s for s in on_port if s.state == State.LISTEN]

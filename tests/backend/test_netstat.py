@@ -70,6 +70,17 @@ def test_rows_of_a_port(text: str, port: int, expected: list[tuple[int, int, int
     assert on(port, netstat.parse(text)) == expected
 
 
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [({PORT}, {PORT}), ({PORT, 0x8CFC}, {PORT, 0x8CFC}), (set(), set())],
+    ids=["one-port", "two-ports", "none"],
+)
+def test_rows_of_other_ports_are_dropped_unparsed(ports: set[int], expected: set[int]) -> None:
+    rows = netstat.parse(TCP, ports=ports)
+    assert {r.local_port for r in rows} == expected
+    assert rows == [r for r in netstat.parse(TCP) if r.local_port in ports]
+
+
 def test_both_ends_of_a_connection_are_told_apart() -> None:
     rows = netstat.parse(TCP)
     accepted = next(r for r in rows if r.inode == 30907)
