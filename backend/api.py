@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from backend.gpus import Usage
 from backend.monitor import Monitor
-from backend.simulator import FakeBackend, SimulatedGPUs
+from backend.simulator import Fault, NotRunningError, SimulatedGPUs, inject, set_listening
 from dra_driver.models import INVENTORY_PATH
 
 MONITOR = web.AppKey("monitor", Monitor)
@@ -53,26 +53,29 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def simulate(request: web.Request) -> web.Response:
-    """Change a simulated GPU: ``{"listening": false, "utilizationPercent": 95, ...}``."""
+    """Change a simulated GPU: ``{"listening": false, "fault": "wedge", "utilizationPercent": 95}``.
+
+    ``listening`` stops its backend and keeps it down, or starts it again; ``fault``
+    (``wedge``, ``exit`` or ``crash``) is done to the running backend, which the
+    agent then judges and restarts as it would a real one.
+    """
     monitor, simulator = request.app[MONITOR], request.app[SIMULATOR]
     try:
         index = int(request.match_info["index"])
         backend = next(b for b in monitor.backends if b.gpu.index == index)
         change: Mapping[str, Any] = await request.json()
-        if not isinstance(change, Mapping) or set(change) - {
-            "listening",
-            "utilizationPercent",
-            "memoryUsedBytes",
-        }:
-            raise ValueError(
-                "expected an object with listening, utilizationPercent or memoryUsedBytes"
-            )
+        if not isinstance(change, Mapping) or set(change) - CHANGES:
+            raise ValueError(f"expected an object with {', '.join(sorted(CHANGES))}")
         _check(change)
     except (StopIteration, ValueError) as exc:
         return web.Response(status=400, text=f"{exc or 'no such GPU'}\n")
     if "listening" in change:
-        assert isinstance(backend, FakeBackend)
-        await backend.set_listening(bool(change["listening"]))
+        await set_listening(backend, change["listening"])
+    if "fault" in change:
+        try:
+            inject(backend, Fault(change["fault"]))
+        except NotRunningError as exc:
+            return web.Response(status=409, text=f"{exc}\n")
     current = simulator.usage(backend.gpu)
     simulator.usage_by_index[index] = Usage(
         utilization_percent=float(
@@ -84,9 +87,14 @@ async def simulate(request: web.Request) -> web.Response:
     return web.Response(body=snapshot.body, content_type="application/json")
 
 
+CHANGES = frozenset({"listening", "fault", "utilizationPercent", "memoryUsedBytes"})
+
+
 def _check(change: Mapping[str, Any]) -> None:
     if "listening" in change and not isinstance(change["listening"], bool):
         raise ValueError("listening must be true or false")
+    if "fault" in change and change["fault"] not in [str(f) for f in Fault]:
+        raise ValueError(f"fault must be one of {', '.join(Fault)}")
     utilization = change.get("utilizationPercent", 0)
     if (
         isinstance(utilization, bool)

@@ -1,7 +1,8 @@
 """Wiring of the backend agent: GPUs, one backend each, the sampling loop, the API.
 
 Start-up: find the GPUs (NVML, or the simulator's declared ones), start a backend per
-GPU, take a first sample, then serve. SIGTERM stops the API first, then every
+GPU, wait until they listen (at most the start grace), take a first sample, then
+serve. SIGTERM stops the API first, then every
 backend, so frontends see their connections close rather than hang.
 """
 
@@ -15,10 +16,11 @@ from aiohttp import web
 
 from backend import api
 from backend.gpus import GPUSource
-from backend.monitor import Backend, Monitor
+from backend.health import Limits
+from backend.monitor import Monitor
 from backend.nvml import NVMLSource
 from backend.settings import AgentSettings
-from backend.simulator import FakeBackend, SimulatedGPUs
+from backend.simulator import SimulatedGPUs, standin_command
 from backend.supervisor import BackendCommand, BackendProcess
 from dra_driver import __version__
 from dra_driver.errors import StartupError
@@ -43,16 +45,21 @@ def _source(settings: AgentSettings) -> tuple[GPUSource, SimulatedGPUs | None]:
     return NVMLSource(), None
 
 
-def _backends(settings: AgentSettings, source: GPUSource, simulated: bool) -> list[Backend]:
+def _backends(settings: AgentSettings, source: GPUSource, simulated: bool) -> list[BackendProcess]:
     gpus = source.discover()
     if not gpus:
         raise StartupError("NVML reports no GPU on this node; nothing to serve")
     ports = {gpu.index: settings.backend_base_port + gpu.index for gpu in gpus}
     if max(ports.values()) > 65535:
         raise StartupError("backend ports would run past 65535; lower --backend-base-port")
-    if simulated:
-        return [FakeBackend(gpu=g, host=settings.bind_address, port=ports[g.index]) for g in gpus]
-    command = BackendCommand(
+    return [
+        BackendProcess(gpu=g, port=ports[g.index], command=_command(settings, simulated))
+        for g in gpus
+    ]
+
+
+def _command(settings: AgentSettings, simulated: bool) -> BackendCommand:
+    real = BackendCommand(
         executable=settings.backend_executable,
         gvirtus_home=settings.gvirtus_home,
         log_level=log4cplus_level(settings.gvirtus_log_level),
@@ -60,7 +67,11 @@ def _backends(settings: AgentSettings, source: GPUSource, simulated: bool) -> li
         state_dir=settings.state_dir,
         backoff_max=settings.restart_backoff_max,
     )
-    return [BackendProcess(gpu=g, port=ports[g.index], command=command) for g in gpus]
+    if not simulated:
+        return real
+    return standin_command(
+        base=real, open_files=settings.simulate_open_files, listen_address=settings.bind_address
+    )
 
 
 async def run(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> None:
@@ -84,9 +95,13 @@ async def run(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> 
             simulated=simulator is not None,
             backends=backends,
             source=source,
-            probe_host=settings.probe_host,
-            probe_timeout=settings.probe_timeout,
+            limits=Limits(
+                restart_after=settings.restart_after_samples,
+                leak_threshold=settings.leak_restart_threshold,
+                start_grace=settings.start_grace,
+            ),
         )
+        await monitor.settle(timeout=settings.start_grace)
         await monitor.sample()
         app = api.build(
             monitor=monitor, simulator=simulator, stale_after=settings.probe_interval * 5 + 5

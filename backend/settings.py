@@ -26,7 +26,7 @@ class AgentSettings(Settings):
         "(downward API status.hostIP with hostNetwork)"
     )
     bind_address: str = Field(
-        "0.0.0.0", description="address the HTTP API and simulated backends bind"
+        "0.0.0.0", description="address the HTTP API and simulated backends listen on"
     )
     port: int = Field(AGENT_PORT, ge=1, le=65535, description="port of the HTTP API")
     backend_base_port: int = Field(
@@ -53,10 +53,31 @@ class AgentSettings(Settings):
         description="where generated backend files are kept",
     )
     probe_interval: float = Field(
-        2.0, gt=0, le=60, description="seconds between health and load samples"
+        2.0,
+        gt=0,
+        le=60,
+        description="seconds between health and load samples (read from /proc; "
+        "nothing connects to a backend)",
     )
-    probe_timeout: float = Field(
-        1.0, gt=0, le=30, description="seconds a backend has to accept a probe"
+    restart_after_samples: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="consecutive samples a running backend must look wedged or not "
+        "listening before it is restarted",
+    )
+    leak_restart_threshold: int = Field(
+        64,
+        ge=1,
+        description="restart an idle backend (no frontend connected) holding this many "
+        "descriptors of closed connections (CLOSE-WAIT), or half its own limit if lower",
+    )
+    start_grace: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="seconds a started backend may take to listen before it is judged "
+        "not listening",
     )
     restart_backoff_max: float = Field(
         60.0, ge=1, le=3600, description="longest wait before restarting a failed backend"
@@ -65,7 +86,15 @@ class AgentSettings(Settings):
         0,
         ge=0,
         le=256,
-        description="simulate N GPUs with TCP listeners instead of NVML and GVirtuS",
+        description="simulate N GPUs, each served by a stand-in backend process, "
+        "instead of NVML and GVirtuS",
+    )
+    simulate_open_files: int = Field(
+        64,
+        ge=16,
+        le=1048576,
+        description="open-file limit of each stand-in backend; small, so that leaks "
+        "wedge it soon, as they would the real one",
     )
     simulate_model: str = Field(
         "NVIDIA H100 80GB HBM3", description="product name of simulated GPUs"
@@ -125,8 +154,3 @@ class AgentSettings(Settings):
     def backend_executable(self) -> pathlib.Path:
         """The ``gvirtus-backend`` to run."""
         return self.gvirtus_backend or self.gvirtus_home / "bin" / "gvirtus-backend"
-
-    @property
-    def probe_host(self) -> str:
-        """Where the agent's own probes connect to reach the backends."""
-        return "127.0.0.1" if self.bind_address == "0.0.0.0" else self.bind_address

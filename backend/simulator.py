@@ -1,21 +1,55 @@
-"""Simulator mode: declared GPUs and a real TCP listener per GPU instead of GVirtuS.
+"""Simulator mode: declared GPUs, each served by a stand-in ``gvirtus-backend`` process.
 
-The same agent runs on GPU-less clusters and in CI: everything above the backend
-process (probing, connection counting, the inventory, the controller, the kubelet
-plugin) works on real sockets. A listener accepts and holds connections like a
-backend would. The inventory says ``simulated: true``.
+The same agent runs on GPU-less clusters and in CI. Only what needs a GPU is
+replaced: NVML by GPUs declared with flags, ``gvirtus-backend`` by
+:mod:`backend.standin_backend`, a real child process started with the real command
+line by the same supervisor, which leaks descriptors, wedges at its own limit and
+leaves a waiting parent behind when its server ends, as the real one does.
+Everything above it (judging from ``/proc``, restarts, the inventory, the
+controller, the kubelet plugin) runs unchanged. The inventory says
+``simulated: true``.
+
+The control endpoint changes a simulated GPU through :func:`set_listening` (stop a
+backend and keep it down, or bring it back) and :func:`inject` (make it wedge, make
+its server exit, or crash it), so tests and demos can show every judgement.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import dataclasses
+import enum
+import os
+import pathlib
+import signal
+import sys
 import uuid
 from dataclasses import dataclass, field
 
+from backend import standin_backend
 from backend.gpus import GPUInfo, Usage
+from backend.supervisor import BackendCommand, BackendProcess
 
 _NAMESPACE = uuid.UUID("6f1c9a3e-8b2d-4c5e-9f0a-1b2c3d4e5f60")
+STANDIN = pathlib.Path(standin_backend.__file__)
+STOPPED_MESSAGE = "stopped through the simulator control endpoint"
+
+
+class Fault(enum.StrEnum):
+    """What the control endpoint can do to a running stand-in."""
+
+    WEDGE = "wedge"
+    """Its server uses up its descriptors: it stops accepting and does not exit."""
+    EXIT = "exit"
+    """Its server exits; the parent stays, so the process runs and nothing listens."""
+    CRASH = "crash"
+    """Every process of it is killed by SIGSEGV."""
+
+
+_SIGNALS = {Fault.WEDGE: signal.SIGUSR1, Fault.EXIT: signal.SIGUSR2, Fault.CRASH: signal.SIGSEGV}
+
+
+class NotRunningError(Exception):
+    """A fault was asked of a backend that is not running."""
 
 
 @dataclass
@@ -54,55 +88,37 @@ class SimulatedGPUs:
         """Nothing to release."""
 
 
-class FakeBackend:
-    """A TCP listener standing in for one ``gvirtus-backend``."""
+def standin_command(
+    *, base: BackendCommand, open_files: int, listen_address: str
+) -> BackendCommand:
+    """``base`` with the stand-in for ``gvirtus-backend``, run by this Python, isolated."""
+    return dataclasses.replace(
+        base,
+        executable=STANDIN,
+        interpreter=(sys.executable, "-I"),
+        environment={standin_backend.LIMIT_VARIABLE: str(open_files)},
+        listen_address=listen_address,
+    )
 
-    def __init__(self, *, gpu: GPUInfo, host: str, port: int) -> None:
-        self.gpu = gpu
-        self.host = host
-        self.port = port
-        self.restarts = 0
-        self.last_exit = ""
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
 
-    @property
-    def running(self) -> bool:
-        """Whether the listener accepts connections."""
-        return self._server is not None and self._server.is_serving()
+async def set_listening(backend: BackendProcess, listening: bool) -> None:
+    """Stop the backend and keep it down (``False``), or start it again (``True``)."""
+    if listening and not backend.supervised:
+        await backend.start()
+    elif not listening and backend.supervised:
+        await backend.stop(why=STOPPED_MESSAGE)
 
-    async def start(self) -> None:
-        """Listen; holding connections open until the client closes them."""
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, reuse_address=True
-        )
 
-    async def stop(self) -> None:
-        """Stop listening and drop every connection, as a dying backend would."""
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._clients):
-                writer.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
-            self.last_exit = "stopped through the simulator control endpoint"
+def inject(backend: BackendProcess, fault: Fault) -> None:
+    """Send ``fault`` to every process of the running stand-in.
 
-    async def set_listening(self, listening: bool) -> None:
-        """Open or close the listener (the simulator's stand-in for a crash and a restart)."""
-        if listening and not self.running:
-            self.restarts += 1
-            await self.start()
-        elif not listening and self.running:
-            await self.stop()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._clients.add(writer)
-        try:
-            while await reader.read(65536):
-                pass
-        except ConnectionError:
-            pass
-        finally:
-            self._clients.discard(writer)
-            writer.close()
+    Raises:
+        NotRunningError: the backend is stopped or between two runs.
+    """
+    pid = backend.pid
+    if pid is None:
+        raise NotRunningError(f"the backend of GPU {backend.gpu.index} is not running")
+    try:
+        os.killpg(pid, _SIGNALS[fault])
+    except ProcessLookupError as exc:
+        raise NotRunningError(f"the backend of GPU {backend.gpu.index} just ended") from exc

@@ -2,10 +2,18 @@
 
 Each process sees only its GPU (``CUDA_VISIBLE_DEVICES`` set to the GPU's UUID,
 which, unlike an index, does not depend on CUDA's device ordering), listens on its
-own port, and reads its own generated ``properties.json``. A process that exits is
-started again after a backoff that doubles up to a limit and resets once a run
-lasted long enough; why it ended is kept for the inventory. Its output is relayed to
-the agent's log, line by line, tagged with the GPU.
+own port, and reads its own generated ``properties.json``. It runs in a session of
+its own, so its process group holds every process it forks (the real backend
+serves from a forked child).
+
+A backend that exits is started again after a backoff that doubles up to a limit
+and resets once a run lasted long enough. One that runs but no longer serves (the
+agent judges that from ``/proc``) is restarted on request: its process group is
+ended (SIGTERM, then SIGKILL after a grace) and it starts again at once, since the
+judgement itself took several samples. A process left in the group after its leader
+ended (a serving child that outlived its parent would keep the port) is killed
+before the next start. Why each run ended is kept for the inventory and counted by
+reason. Output is relayed to the agent's log, line by line, tagged with the GPU.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import os
 import pathlib
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
@@ -28,14 +37,23 @@ log = logging.getLogger(__name__)
 
 RESTARTS = Counter(
     "gvirtus_dra_agent_backend_restarts_total",
-    "Backend processes started again after they ended.",
-    ["gpu"],
+    "Backend processes started again, by why the previous run ended.",
+    ["gpu", "reason"],
 )
+EXITED = "exited"
+"""Restart reason of a backend that ended on its own (or never started)."""
+STOPPED = "stopped"
+"""Restart reason of a backend started again after :meth:`BackendProcess.stop`."""
 
 
 @dataclass(frozen=True)
 class BackendCommand:
-    """How to run ``gvirtus-backend`` for any GPU."""
+    """How to run ``gvirtus-backend`` (or the simulator's stand-in) for any GPU.
+
+    The command line is ``*interpreter, executable, <properties.json>``; ``environment``
+    is added to the GVirtuS variables; ``listen_address`` goes into the file (the real
+    backend listens on every address whatever it says).
+    """
 
     executable: pathlib.Path
     gvirtus_home: pathlib.Path
@@ -45,6 +63,10 @@ class BackendCommand:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     stable_after: float = 60.0
+    stop_grace: float = 5.0
+    interpreter: tuple[str, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    listen_address: str = "0.0.0.0"
 
 
 def exit_reason(returncode: int) -> str:
@@ -66,13 +88,28 @@ class BackendProcess:
         self.command = command
         self.restarts = 0
         self.last_exit = ""
+        self.last_restart = ""
+        self.started_at = 0.0
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
+        self._request: tuple[str, str] | None = None
+        self._requested = asyncio.Event()
+        self._stopped = False
 
     @property
     def running(self) -> bool:
         """Whether the process is alive."""
         return self._process is not None and self._process.returncode is None
+
+    @property
+    def supervised(self) -> bool:
+        """Between :meth:`start` and :meth:`stop`."""
+        return self._task is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The running leader, which is also its process group (None while not running)."""
+        return self._process.pid if self._process is not None and self.running else None
 
     @property
     def properties(self) -> pathlib.Path:
@@ -87,6 +124,7 @@ class BackendProcess:
         )
         return {
             **os.environ,
+            **self.command.environment,
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": self.gpu.uuid,
             "GVIRTUS_HOME": home,
@@ -95,72 +133,162 @@ class BackendProcess:
         }
 
     async def start(self) -> None:
-        """Write the properties file and keep the process running in the background."""
+        """Write the properties file and keep the process running in the background.
+
+        A start after :meth:`stop` counts as a restart.
+        """
+        if self._stopped:
+            self._stopped = False
+            self._count_restart(STOPPED)
         self.command.state_dir.mkdir(parents=True, exist_ok=True)
-        content = gvirtus.render_backend_properties(port=self.port, plugins=self.command.plugins)
+        content = gvirtus.render_backend_properties(
+            port=self.port, plugins=self.command.plugins, address=self.command.listen_address
+        )
         files.atomic_write(self.properties, content)
         self._task = asyncio.create_task(self._supervise(), name=f"backend-gpu-{self.gpu.index}")
 
-    async def stop(self, *, grace: float = 5.0) -> None:
-        """Stop supervising, then SIGTERM the process group, and SIGKILL after ``grace``."""
+    def restart(self, *, reason: str, message: str) -> None:
+        """End the running process group and start again at once; ``reason`` labels it."""
+        if self.running and self._request is None:
+            self._request = (reason, message)
+            self._requested.set()
+
+    async def stop(self, *, why: str = "") -> None:
+        """Stop supervising and end the process group (SIGTERM, SIGKILL after the grace).
+
+        ``why``, when given, is reported as how the last run ended.
+        """
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        process = self._process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+            self._task = None
+            self._stopped = True
+        self._request = None
+        self._requested.clear()
+        if why:
+            self.last_exit = why
 
     async def _supervise(self) -> None:
         delay = self.command.backoff_initial
         while True:
-            started = time.monotonic()
+            self.started_at = time.monotonic()
             await self._run_once()
-            if time.monotonic() - started >= self.command.stable_after:
+            if time.monotonic() - self.started_at >= self.command.stable_after:
                 delay = self.command.backoff_initial
+            request, self._request = self._request, None
+            self._requested.clear()
+            reason, wait = (request[0], 0.0) if request else (EXITED, delay)
             log.warning(
                 "gvirtus-backend for GPU %d %s; starting it again in %.1fs",
                 self.gpu.index,
                 self.last_exit,
-                delay,
-                extra={"gpu": self.gpu.index, "port": self.port},
+                wait,
+                extra={"gpu": self.gpu.index, "port": self.port, "reason": reason},
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.command.backoff_max)
-            self.restarts += 1
-            RESTARTS.labels(str(self.gpu.index)).inc()
+            await asyncio.sleep(wait)
+            if not request:
+                delay = min(delay * 2, self.command.backoff_max)
+            self._count_restart(reason)
+
+    def _count_restart(self, reason: str) -> None:
+        self.restarts += 1
+        self.last_restart = reason
+        RESTARTS.labels(str(self.gpu.index), reason).inc()
 
     async def _run_once(self) -> None:
-        argv = [str(self.command.executable), str(self.properties)]
+        argv = [*self.command.interpreter, str(self.command.executable), str(self.properties)]
+        # Output goes to a pipe of our own, not asyncio's: its wait() would also wait
+        # for every holder of the pipe, and a serving child may outlive the leader.
+        output, into = os.pipe()
         try:
-            self._process = await asyncio.create_subprocess_exec(
+            process = self._process = await asyncio.create_subprocess_exec(
                 *argv,
                 env=self.environment(),
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=into,
+                stderr=into,
                 start_new_session=True,
             )
         except OSError as exc:
-            self.last_exit = f"failed to start {argv[0]}: {exc.strerror or exc}"
+            os.close(output)
+            self.last_exit = f"failed to start {argv[-2]}: {exc.strerror or exc}"
             return
+        finally:
+            os.close(into)
         log.info(
             "started gvirtus-backend",
-            extra={"gpu": self.gpu.index, "port": self.port, "pid": self._process.pid},
+            extra={"gpu": self.gpu.index, "port": self.port, "pid": process.pid},
         )
-        assert self._process.stdout is not None
-        await _relay(self._process.stdout, gpu=self.gpu.index)
-        self.last_exit = exit_reason(await self._process.wait())
+        relay = asyncio.create_task(_relay(output, gpu=self.gpu.index))
+        try:
+            await self._until_exit_or_request(process)
+        finally:
+            # Also when cancelled by stop(): the group ends with the supervision.
+            await _end_group(process, grace=self.command.stop_grace)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(relay), self.command.stop_grace)
+            relay.cancel()
+        if self._request is not None:
+            self.last_exit = f"restarted by the agent: {self._request[1]}"
+        else:
+            self.last_exit = exit_reason(process.returncode or 0)
+
+    async def _until_exit_or_request(self, process: asyncio.subprocess.Process) -> None:
+        exited = asyncio.create_task(process.wait())
+        requested = asyncio.create_task(self._requested.wait())
+        try:
+            await asyncio.wait({exited, requested}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            requested.cancel()
 
 
-async def _relay(stream: asyncio.StreamReader, *, gpu: int) -> None:
-    while line := await stream.readline():
-        log.info("gvirtus-backend: %s", line.decode(errors="replace").rstrip(), extra={"gpu": gpu})
+async def _end_group(process: asyncio.subprocess.Process, *, grace: float) -> None:
+    """End what is left of the process group of ``process`` and reap it.
+
+    A running leader gets SIGTERM (the group does) and ``grace`` seconds; then every
+    member left gets SIGKILL: a serving child that outlived the real backend's parent
+    would keep the port and the GPU. Called right after the leader ended, so the group
+    id cannot have been reused yet.
+    """
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGCONT)  # a stopped process acts on it only then
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
+    await _reap(process.pid)
+
+
+async def _reap(pgid: int) -> None:
+    """Reap the members of a killed group that were handed to the agent.
+
+    When the agent is PID 1 of its container, orphans of a backend become its
+    children; waiting for this group only takes no other process's exit status.
+    """
+    for _ in range(100):
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG never blocks)
+        except ChildProcessError:
+            return  # none left that is ours to reap
+        if pid == 0:
+            await asyncio.sleep(0.01)  # killed, not dead yet
+
+
+async def _relay(output: int, *, gpu: int) -> None:
+    """Log each line written to the pipe ``output`` (which this closes) until its end."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(output, "rb", buffering=0)
+    )
+    try:
+        while line := await reader.readline():
+            log.info(
+                "gvirtus-backend: %s", line.decode(errors="replace").rstrip(), extra={"gpu": gpu}
+            )
+    finally:
+        transport.close()

@@ -81,14 +81,19 @@ BACKEND_PLUGINS = (
 """The CUDA libraries a GVirtuS build serves (``libgvirtus-plugin-<name>.so``)."""
 
 
-def render_backend_properties(*, port: int, plugins: tuple[str, ...]) -> bytes:
+def render_backend_properties(
+    *, port: int, plugins: tuple[str, ...], address: str = "0.0.0.0"
+) -> bytes:
     """The ``properties.json`` a ``gvirtus-backend`` process is started with.
+
+    The real backend listens on every address whatever ``address`` says; the
+    simulator's stand-in listens on ``address``.
 
     Raises:
         EndpointError: a port the GVirtuS parser refuses.
     """
     parse_endpoint(address="192.0.2.1", port=port)  # the same port rules as frontends
-    return _render(address="0.0.0.0", port=port, plugins=plugins)
+    return _render(address=address, port=port, plugins=plugins)
 
 
 def _render(*, address: str, port: int, plugins: tuple[str, ...] | None) -> bytes:

@@ -171,12 +171,29 @@ class _Wire(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True, populate_by_name=True)
 
 
+HEALTH_REASONS = ("backend-down", "backend-wedged", "not-listening")
+"""Why an agent says a backend cannot serve: its process is not running; it runs but
+is at its descriptor limit or takes no connection from its accept queue; it runs but
+nothing listens on its port. Older agents also sent ``starting`` and ``port-closed``;
+newer ones may add reasons, so any lowercase word of this shape is accepted."""
+
+
 class GPUHealth(_Wire):
     """Whether the GPU's backend can serve frontends, and if not why."""
 
     healthy: bool
-    reason: Literal["", "starting", "backend-down", "port-closed"] = ""
+    reason: str = Field("", max_length=63, pattern=r"^([a-z]([-a-z0-9]*[a-z0-9])?)?$")
     message: str = Field("", max_length=1024)
+
+
+class BackendState(_Wire):
+    """What the agent read about a running backend in ``/proc`` (it never connects)."""
+
+    open_files: int | None = Field(None, alias="openFiles", ge=0)
+    open_files_limit: int | None = Field(None, alias="openFilesLimit", ge=0)
+    established: int = Field(0, ge=0)
+    close_wait: int = Field(0, alias="closeWait", ge=0)
+    accept_queue: int = Field(0, alias="acceptQueue", ge=0)
 
 
 class GPULoad(_Wire):
@@ -203,6 +220,8 @@ class GPU(_Wire):
     load: GPULoad
     restarts: int = Field(0, ge=0)
     last_exit: str = Field("", alias="lastExit", max_length=1024)
+    last_restart: str = Field("", alias="lastRestart", max_length=63)
+    backend: BackendState | None = None
 
 
 class Inventory(_Wire):

@@ -1,8 +1,9 @@
 """Judging each GPU from its agent's inventory: healthy, overloaded, or to be evicted.
 
-A GPU is unhealthy when its backend is down or its port closed (the agent's view),
-or when its agent has not answered for longer than the grace period (the
-controller's view; one missed poll is not enough). It is overloaded when it carries
+A GPU is unhealthy when its agent says its backend cannot serve (down, wedged, or
+not listening: the agent judges that from ``/proc``), or when its agent has not
+answered for longer than the grace period (the controller's view; one missed poll
+is not enough). It is overloaded when it carries
 as many frontend connections, or as much utilisation, as configured. One that has
 been unhealthy for ``no_execute_after`` seconds is to be evicted: pods bound to a
 dead backend gain nothing by waiting.
@@ -13,6 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dra_driver.models import GPU
+
+LEGACY_REASONS = {"port-closed": "not-listening", "starting": "not-listening"}
+"""Reasons of older agents, in today's words: both meant "nothing accepts on the port"."""
+
+
+def taint_reason(reason: str) -> str:
+    """The reason an unhealthy GPU's taint, Event and condition carry.
+
+    Agents and controllers are upgraded at different times, so a reason may be one
+    this controller does not know. Whatever it is, the GPU is unhealthy and tainted:
+    the reason only names why. An older agent's reason is translated; any other is
+    kept as the agent wrote it (the inventory schema makes every reason a valid
+    taint value), so a newer agent's own word reaches the cluster; none at all is
+    ``backend-down``.
+    """
+    return LEGACY_REASONS.get(reason, reason) or "backend-down"
 
 
 @dataclass(frozen=True)
@@ -57,11 +74,7 @@ def judge(
     if agent_problem:
         reason, message = "agent-unreachable", agent_problem
     elif not gpu.health.healthy:
-        reason = (
-            gpu.health.reason
-            if gpu.health.reason in ("backend-down", "port-closed")
-            else "backend-down"
-        )
+        reason = taint_reason(gpu.health.reason)
         message = gpu.health.message
     else:
         return Verdict(healthy=True, overloaded=_overload(gpu, thresholds))

@@ -46,8 +46,22 @@ def test_file_settings_apply_below_flags_and_environment(tmp_path: pathlib.Path)
         ("- just\n- a list\n", "must hold a mapping"),
         ("probeInterval: [1\n", "cannot read config file"),
         ("probeInterval: -1\n", "--probe-interval (env GVIRTUS_DRA_PROBE_INTERVAL)"),
+        ("probeTimeout: 1\n", "unknown settings probeTimeout"),
+        ("simulateOpenFiles: 8\n", "--simulate-open-files (env GVIRTUS_DRA_SIMULATE_OPEN_FILES)"),
+        (
+            "restartAfterSamples: 0\n",
+            "--restart-after-samples (env GVIRTUS_DRA_RESTART_AFTER_SAMPLES)",
+        ),
     ],
-    ids=["unknown-key", "not-a-mapping", "broken-yaml", "invalid-value"],
+    ids=[
+        "unknown-key",
+        "not-a-mapping",
+        "broken-yaml",
+        "invalid-value",
+        "probe-timeout-is-gone",
+        "too-few-open-files",
+        "restart-at-once",
+    ],
 )
 def test_bad_files_are_reported_with_the_key(
     tmp_path: pathlib.Path, content: str, message: str

@@ -48,18 +48,18 @@ def gpu(
             Verdict(healthy=False, reason="backend-down", message="why", since=1000.0),
         ),
         (
-            {"healthy": False, "reason": "port-closed"},
+            {"healthy": False, "reason": "backend-wedged"},
             "",
             Thresholds(),
             None,
-            Verdict(healthy=False, reason="port-closed", message="why", since=1000.0),
+            Verdict(healthy=False, reason="backend-wedged", message="why", since=1000.0),
         ),
         (
-            {"healthy": False, "reason": "starting"},
+            {"healthy": False, "reason": "not-listening"},
             "",
             Thresholds(),
             None,
-            Verdict(healthy=False, reason="backend-down", message="why", since=1000.0),
+            Verdict(healthy=False, reason="not-listening", message="why", since=1000.0),
         ),
         (
             {},
@@ -107,8 +107,8 @@ def gpu(
     ids=[
         "healthy",
         "backend-down",
-        "port-closed",
-        "unknown-reason-is-down",
+        "backend-wedged",
+        "not-listening",
         "agent-gone",
         "down-long-enough-to-evict",
         "down-not-long-enough",
@@ -146,3 +146,39 @@ def test_eviction_can_be_turned_off() -> None:
         no_execute_after=0,
     )
     assert not verdict.evict
+
+
+@pytest.mark.parametrize(
+    ("reason", "taint"),
+    [
+        ("backend-down", "backend-down"),
+        ("backend-wedged", "backend-wedged"),
+        ("not-listening", "not-listening"),
+        ("port-closed", "not-listening"),
+        ("starting", "not-listening"),
+        ("gpu-fallen-off-the-bus", "gpu-fallen-off-the-bus"),
+        ("", "backend-down"),
+    ],
+    ids=[
+        "down",
+        "wedged",
+        "not-listening",
+        "older-agent",
+        "older-agent-starting",
+        "newer-agent",
+        "none",
+    ],
+)
+def test_every_unhealthy_reason_taints_and_unknown_ones_keep_their_word(
+    reason: str, taint: str
+) -> None:
+    """Agents and controllers upgrade apart: no reason, known or not, leaves a GPU untainted."""
+    verdict = judge(
+        gpu(healthy=False, reason=reason),
+        agent_problem="",
+        thresholds=Thresholds(),
+        previous=None,
+        now=1000.0,
+        no_execute_after=120,
+    )
+    assert (verdict.healthy, verdict.reason) == (False, taint)

@@ -24,6 +24,14 @@ def gpu(index: int = 0, **changes: Any) -> dict[str, Any]:
         "load": {"connections": 2, "utilizationPercent": 41.5, "memoryUsedBytes": 1024},
         "restarts": 0,
         "lastExit": "",
+        "lastRestart": "",
+        "backend": {
+            "openFiles": 12,
+            "openFilesLimit": 1024,
+            "established": 2,
+            "closeWait": 3,
+            "acceptQueue": 0,
+        },
         **changes,
     }
 
@@ -49,6 +57,23 @@ def test_a_valid_inventory_round_trips() -> None:
     parsed = parse_inventory(encode(inventory()))
     assert parsed.gpus[1].port == 10000
     assert json.loads(parsed.encode()) == inventory()
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["port-closed", "starting", "gpu-fallen-off-the-bus"],
+    ids=["older", "oldest", "newer"],
+)
+def test_reasons_of_older_and_newer_agents_are_accepted(reason: str) -> None:
+    document = with_gpu(health={"healthy": False, "reason": reason, "message": "why"})
+    assert parse_inventory(encode(document)).gpus[0].health.reason == reason
+
+
+def test_an_older_agent_without_backend_state_is_accepted() -> None:
+    document = inventory()
+    for entry in document["gpus"]:
+        del entry["backend"], entry["lastRestart"]
+    assert parse_inventory(encode(document)).gpus[0].backend is None
 
 
 def test_unknown_fields_from_newer_agents_are_ignored() -> None:
@@ -79,6 +104,11 @@ def with_gpu(**changes: Any) -> dict[str, Any]:
         (with_gpu(uuid="GPU-\n"), "gpus.0.uuid"),
         (with_gpu(health={"healthy": "yes"}), "gpus.0.health.healthy"),
         (with_gpu(load={"connections": -1}), "gpus.0.load.connections"),
+        (
+            with_gpu(health={"healthy": False, "reason": "Port Closed"}),
+            "gpus.0.health.reason: String should match pattern",
+        ),
+        (with_gpu(backend={"closeWait": -1}), "gpus.0.backend.closeWait"),
         (inventory(gpus=[gpu(0), gpu(0)]), "two GPUs share the same index"),
         (inventory(gpus=[gpu(0), gpu(1, port=9999)]), "two GPUs share the same port"),
         (["not", "an", "object"], "inventory"),
@@ -99,6 +129,8 @@ def with_gpu(**changes: Any) -> dict[str, Any]:
         "control-chars",
         "health-not-bool",
         "negative-connections",
+        "reason-not-a-taint-value",
+        "negative-close-wait",
         "duplicate-index",
         "duplicate-port",
         "not-an-object",

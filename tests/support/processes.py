@@ -166,6 +166,17 @@ class PluginProcess:
         raise TimeoutError("plugin did not exit")
 
 
+def backend_pids(state_dir: pathlib.Path, *, properties: str = "") -> list[int]:
+    """Live backend processes started with a file of ``state_dir`` (``properties``, if named)."""
+    mark = f"{state_dir}/{properties}".encode()
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and mark in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+    return sorted(pids)
+
+
 class AgentProcess:
     """``gvirtus-dra backend-agent`` in simulator mode, on a loopback address of its own."""
 
@@ -186,6 +197,7 @@ class AgentProcess:
         self.port = port or free_port()
         self.base_port = base_port or free_port()
         self.log_path = root / f"agent-{node}-{id(self)}.log"
+        self.state_dir = root / f"agent-state-{node}"
         args = [
             sys.executable,
             "-m",
@@ -208,7 +220,7 @@ class AgentProcess:
             "--log-format",
             "json",
             "--state-dir",
-            str(root / f"agent-state-{node}"),
+            str(self.state_dir),
             *extra_args,
         ]
         self._log = self.log_path.open("ab")
@@ -264,14 +276,23 @@ class AgentProcess:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
         self._log.close()
+        self.end_backends()
         return code
 
     def kill(self) -> int:
+        """SIGKILL the agent, and its backends, which run in sessions of their own."""
         if self.proc.poll() is None:
             self.proc.kill()
         code = self.proc.wait(10)
         self._log.close()
+        self.end_backends()
         return code
+
+    def end_backends(self) -> None:
+        """SIGKILL what a dead agent left behind (nothing after a clean stop)."""
+        for pid in backend_pids(self.state_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class ComponentProcess:
