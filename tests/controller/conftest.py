@@ -112,8 +112,9 @@ async def cluster(
     apiserver: APIServer, kubeconfig: pathlib.Path, short_tmp: pathlib.Path
 ) -> AsyncIterator[Cluster]:
     world = Cluster(apiserver, kubeconfig, short_tmp)
-    yield world
-    await world.stop_controllers()
-    for agent in world.agents.values():
-        if agent.proc.poll() is None:
-            agent.kill()
+    try:
+        yield world
+        await world.stop_controllers()
+    finally:
+        for agent in world.agents.values():
+            agent.kill()  # also closes the log of an agent that already exited
