@@ -132,5 +132,4 @@ async def cluster(
     yield world
     await world.stop_controllers()
     for agent in world.agents.values():
-        if agent.proc.poll() is None:
-            agent.kill()
+        agent.kill()  # also closes its log when something else ended it
