@@ -32,9 +32,12 @@ def main() -> None:
                 "LD_LIBRARY_PATH",
             )
         }
-        pathlib.Path(record, f"{port}.json").write_text(
+        # Written whole, then renamed: a test that sees the file must never read half of it.
+        written = pathlib.Path(record, f".{port}.json.tmp")
+        written.write_text(
             json.dumps({"argv": sys.argv, "env": env, "properties": properties, "pid": os.getpid()})
         )
+        written.rename(pathlib.Path(record, f"{port}.json"))
     exit_after = float(os.environ.get("FAKE_BACKEND_EXIT_AFTER", "0"))
     if exit_after:
         threading.Timer(exit_after, lambda: os._exit(3)).start()
