@@ -8,7 +8,7 @@ GPU_AGENT_IMAGE ?= gvirtus-dra-gpu-agent:0.1.0
 PLATFORMS ?= linux/amd64,linux/arm64
 
 .PHONY: demo demo-down e2e image image-multiarch gpu-agent-image \
-	test lint typecheck unit bench-prepare bench-controller bench-webhook protos clean
+	test test-tools lint typecheck unit bench-prepare bench-controller bench-webhook protos clean
 
 demo:
 	scripts/demo.sh up
@@ -47,8 +47,18 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed test-tools
 	$(BIN)/pytest
+
+# Tests run components as separate hosts in network namespaces (ip, tc, ss: iproute2).
+# As root they install it when missing; without root those tests skip, saying why.
+test-tools:
+	@command -v ip >/dev/null && command -v tc >/dev/null && command -v ss >/dev/null || \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+	else \
+		echo "iproute2 missing and not root: network namespace tests will skip" >&2; \
+	fi
 
 bench-prepare: $(VENV)/.installed
 	$(BIN)/python -m bench.prepare

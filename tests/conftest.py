@@ -1,4 +1,4 @@
-"""Shared fixtures: the test API server, short node directories, the e2e switch."""
+"""Shared fixtures: the test API server, short node directories, test networks, the e2e switch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import manifests, rbac
+from tests.support import manifests, netns, rbac
 from tests.support.apiserver import APIServer
 from tests.support.processes import PluginDirs
 
@@ -67,3 +67,13 @@ def kubeconfig(apiserver: APIServer, short_tmp: pathlib.Path) -> pathlib.Path:
 @pytest.fixture
 def node_dirs(short_tmp: pathlib.Path) -> PluginDirs:
     return PluginDirs(short_tmp / "node")
+
+
+@pytest.fixture
+def network() -> Iterator[netns.Network]:
+    """Network namespaces for this test alone, torn down afterwards whatever happened."""
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with netns.Network() as made:
+        yield made

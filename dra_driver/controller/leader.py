@@ -4,9 +4,17 @@ Semantics follow client-go's: a candidate notes, on its own monotonic clock, whe
 it last saw the Lease record change; a record unchanged for a whole lease duration
 is expired and may be taken over. Every write is conditional on the
 resourceVersion read, so two candidates can never both win. The leader renews
-every retry period and steps down (cancelling its work) when it could not renew
-within the renew deadline; on shutdown it releases the Lease, so another replica
-takes over at once instead of after a lease duration.
+every retry period; on shutdown it releases the Lease, so another replica takes
+over at once instead of after a lease duration.
+
+The renew deadline is counted from the start of the last attempt that won or
+renewed the Lease, which is before the API server stored that renewal, and so
+before any other replica could see it. Every attempt is abandoned when the
+deadline passes, however slowly the API server answers, and the work is then
+cancelled at once. Another replica takes over only a lease duration after it saw
+that renewal; with the renew deadline shorter than the lease duration, the old
+leader has stopped before the new one starts (given clocks that run at the same
+rate, as client-go assumes too).
 
 The library's elector is not used: it formats MicroTime from local naive time,
 lets transport errors escape its loop, and cannot release the Lease.
@@ -74,13 +82,14 @@ class LeaderElector:
             Exception: whatever ``lead`` raised; the work failing is fatal.
         """
         while not stop.is_set():
-            if not await self._acquire(stop):
+            won = await self._acquire(stop)
+            if won is None:
                 return
             LEADER.set(1)
             log.info("became the leader", extra={"lease": self.name, "identity": self.identity})
             work = asyncio.create_task(lead(), name="leading")
             try:
-                await self._renew_until_lost(stop, work)
+                await self._renew_until_lost(stop, work, renewed=won)
             finally:
                 LEADER.set(0)
                 work.cancel()
@@ -93,30 +102,70 @@ class LeaderElector:
                 "lost the Lease; waiting to become the leader again", extra={"lease": self.name}
             )
 
-    async def _acquire(self, stop: asyncio.Event) -> bool:
+    async def _acquire(self, stop: asyncio.Event) -> float | None:
+        """Campaign until this replica holds the Lease; when the winning attempt started.
+
+        An attempt is abandoned after the renew deadline: one that took longer could
+        only win a term that is already over. None when ``stop`` is set first.
+        """
         while not stop.is_set():
-            if await self._try():
-                return True
+            started = self.clock()
+            if await self._attempt(deadline=started + self.renew_deadline):
+                return started
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.retry_period)
-        return False
+        return None
 
-    async def _renew_until_lost(self, stop: asyncio.Event, work: asyncio.Task[None]) -> None:
-        renewed = self.clock()
-        while not stop.is_set() and not work.done():
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait(
-                {stopped, work}, timeout=self.retry_period, return_when=asyncio.FIRST_COMPLETED
-            )
-            stopped.cancel()
-            if stop.is_set() or work.done():
+    async def _renew_until_lost(
+        self, stop: asyncio.Event, work: asyncio.Task[None], *, renewed: float
+    ) -> None:
+        """Renew every retry period until ``stop`` or the work ends; return once the Lease is lost.
+
+        ``renewed`` is when the attempt that last won or renewed the Lease started;
+        the Lease is lost when the renew deadline passes without another.
+
+        Raises:
+            Exception: whatever the work raised.
+        """
+        while True:
+            deadline = renewed + self.renew_deadline
+            pause = min(self.retry_period, deadline - self.clock())
+            if await self._ended(stop, work, within=pause):
                 break
-            if await self._try():
-                renewed = self.clock()
-            elif self.clock() - renewed > self.renew_deadline:
+            started = self.clock()
+            if started >= deadline:
+                log.warning(
+                    "could not renew the Lease within the renew deadline (%ss); stepping down",
+                    self.renew_deadline,
+                    extra={"lease": self.name},
+                )
                 return
+            if await self._attempt(deadline=deadline):
+                renewed = started
         if work.done() and not work.cancelled() and work.exception() is not None:
             raise work.exception()  # type: ignore[misc]
+
+    @staticmethod
+    async def _ended(stop: asyncio.Event, work: asyncio.Task[None], *, within: float) -> bool:
+        """Wait up to ``within`` seconds; whether ``stop`` was set or the work ended."""
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait(
+            {stopped, work}, timeout=max(0.0, within), return_when=asyncio.FIRST_COMPLETED
+        )
+        stopped.cancel()
+        return stop.is_set() or work.done()
+
+    async def _attempt(self, *, deadline: float) -> bool:
+        """One attempt to acquire or renew, abandoned at ``deadline`` (on :attr:`clock`)."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self.clock())):
+                return await self._try()
+        except TimeoutError:
+            log.warning(
+                "the API server did not answer a Lease request before the renew deadline",
+                extra={"lease": self.name},
+            )
+            return False
 
     async def _try(self) -> bool:
         """One attempt to acquire or renew; False when someone else holds it or a write lost."""

@@ -2,9 +2,10 @@
 
 Each agent keeps its last good inventory and when it last answered; one failure
 is only a failure (the health verdict waits for the grace period). An answer is
-read up to a size limit, validated whole, and must come from the node the agent's
-pod runs on and name that pod's host IP as the backend address; anything else is
-rejected with the reason logged, and the last good inventory stays. With
+read to its end (over a real network a body of a few kilobytes arrives in several
+pieces), up to a size limit, validated whole, and must come from the node the
+agent's pod runs on and name that pod's host IP as the backend address; anything
+else is rejected with the reason logged, and the last good inventory stays. With
 ``If-None-Match`` an unchanged inventory costs a 304.
 """
 
@@ -120,8 +121,7 @@ class Poller:
                 raise aiohttp.ClientResponseError(
                     response.request_info, (), status=response.status, message=response.reason or ""
                 )
-            raw = await response.content.read(MAX_INVENTORY_BYTES + 1)
-            inventory = parse_inventory(raw)
+            inventory = parse_inventory(await read_body(response, limit=MAX_INVENTORY_BYTES))
             if inventory.node_name != state.node:
                 where = f"the node its pod runs on ({state.node!r})"
                 raise InventoryError(f"nodeName {inventory.node_name!r} is not {where}")
@@ -137,6 +137,31 @@ class Poller:
             state.failing_since = time.monotonic()
             log.warning("agent of %s failed: %s", state.node, error)
         state.error = error
+
+
+async def read_body(response: aiohttp.ClientResponse, *, limit: int) -> bytes:
+    """The whole body of ``response``, read to its end, at most ``limit`` bytes.
+
+    One ``read()`` returns only what has arrived so far, so this reads until the end
+    of the body (its ``Content-Length``, the last chunk, or the connection closing).
+    A body that declares more than ``limit`` is refused before any of it is read;
+    one without a length is refused as soon as it passes ``limit``, so a hostile or
+    broken agent never makes the controller buffer more than that.
+
+    Raises:
+        InventoryError: the body is larger than ``limit``.
+        aiohttp.ClientPayloadError: the body ended before its declared length.
+    """
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise InventoryError(f"inventory of {declared} bytes exceeds the limit of {limit}")
+    body = bytearray()
+    while len(body) <= limit:
+        piece = await response.content.read(limit + 1 - len(body))
+        if not piece:
+            return bytes(body)
+        body += piece
+    raise InventoryError(f"inventory of more than {limit} bytes exceeds the limit of {limit}")
 
 
 def _reason(exc: InventoryError) -> str:

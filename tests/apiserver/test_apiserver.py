@@ -350,6 +350,50 @@ async def test_injected_faults_answer_then_clear(
     assert (await call(http, "GET", f"{CLAIMS}/x"))[0] == 404
 
 
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/gvirtus-system/leases"
+LEASE = {
+    "apiVersion": "coordination.k8s.io/v1",
+    "kind": "Lease",
+    "metadata": {"name": "slow"},
+    "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15},
+}
+
+
+@pytest.mark.parametrize(
+    ("delay", "answer_delay", "stored_when_the_client_gives_up"),
+    [(30.0, 0.0, False), (0.0, 30.0, True)],
+    ids=["slow-server", "slow-answer"],
+)
+async def test_a_slow_request_of_one_client_changes_state_when_its_fault_says(
+    apiserver: APIServer,
+    http: aiohttp.ClientSession,
+    delay: float,
+    answer_delay: float,
+    stored_when_the_client_gives_up: bool,
+) -> None:
+    apiserver.fail_next(
+        "POST",
+        "/leases",
+        code=0,
+        delay=delay,
+        answer_delay=answer_delay,
+        user_agent=r"^slow-client$",
+    )
+    slow = asyncio.create_task(
+        call(http, "POST", LEASES, json=LEASE, headers={"User-Agent": "slow-client"})
+    )
+    while not any(r.user_agent == "slow-client" for r in apiserver.requests):
+        await asyncio.sleep(0.01)
+
+    other = await call(http, "GET", f"{LEASES}/slow")  # another client is not held up
+    assert other[0] == (200 if stored_when_the_client_gives_up else 404)
+    assert not slow.done(), "the slow client still waits for its answer"
+    slow.cancel()
+    await asyncio.gather(slow, return_exceptions=True)
+    stored = apiserver.get("leases", "slow", "gvirtus-system")
+    assert (stored is not None) == stored_when_the_client_gives_up
+
+
 @pytest.fixture
 def gates_off(short_tmp: Any) -> Any:
     def start(*gates: str) -> APIServer:

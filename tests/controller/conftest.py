@@ -13,6 +13,7 @@ from dra_driver.controller import app as controller_app
 from dra_driver.controller.settings import ControllerSettings
 from tests.support import objects
 from tests.support.apiserver import APIServer
+from tests.support.netns import Interface
 from tests.support.processes import AgentProcess, free_port
 
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
@@ -31,10 +32,24 @@ class Cluster:
         self._next_ip = 30
 
     async def add_backend(
-        self, node: str, *, gpus: int = 2, labels: dict[str, str] | None = None
+        self,
+        node: str,
+        *,
+        gpus: int = 2,
+        labels: dict[str, str] | None = None,
+        at: Interface | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> AgentProcess:
+        """A backend node: its Node, a running agent and the agent's pod.
+
+        The agent listens on a loopback address of its own, or with ``at`` (one end of
+        a link made by :mod:`tests.support.netns`) in that end's namespace, as a
+        separate host that the controller reaches over the link.
+        """
         self._next_ip += 1
         loopback, address = f"127.0.0.{self._next_ip}", f"10.0.0.{self._next_ip}"
+        if at is not None:
+            loopback = address = at.address
         self.apiserver.put(
             objects.node(
                 name=node,
@@ -49,6 +64,8 @@ class Cluster:
             address=address,
             gpus=gpus,
             port=self.agent_port,
+            extra_args=extra_args,
+            host=at.host if at is not None else None,
         )
         self.agents[node] = await agent.ready()
         self.apiserver.put(objects.agent_pod(node=node, ip=loopback, host_ip=address))

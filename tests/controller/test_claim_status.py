@@ -283,7 +283,7 @@ async def test_an_allocation_older_than_the_timeout_fails_at_once(cluster: Clust
     await published(cluster, "gpu-node-a")
 
     allocate(cluster, name="stale", devices=[("gone-node", "gpu-0")], waits=True, allocated_ago=120)
-    entry = await decided(cluster, "stale", timeout=5)
+    entry = await decided(cluster, "stale", timeout=20)  # well before the 30 s timeout
 
     assert conditions(entry)[FAILURE] == ("True", "BackendUnconfirmed")
 

