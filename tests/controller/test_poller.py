@@ -91,7 +91,7 @@ def rejected(reason: str) -> float:
 
 async def poll_once(url: str) -> tuple[AgentState, bool]:
     poller = Poller(timeout=30, concurrency=1)
-    state = AgentState(node="gpu-node-1", url=url, seen_at=0.0)
+    state = AgentState(node="gpu-node-1", url=url, host_ip="10.0.0.5", seen_at=0.0)
     try:
         return state, await poller.poll(state)
     finally:
@@ -169,7 +169,7 @@ async def test_an_unchanged_inventory_costs_a_304_and_keeps_the_last_one() -> No
     poller = Poller(timeout=30, concurrency=1)
     try:
         async with agent_at(first) as url:
-            state = AgentState(node="gpu-node-1", url=url, seen_at=0.0)
+            state = AgentState(node="gpu-node-1", url=url, host_ip="10.0.0.5", seen_at=0.0)
             assert await poller.poll(state) is True
         async with agent_at(second) as url:
             state.url = url
