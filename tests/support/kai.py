@@ -476,3 +476,13 @@ def pod_with_claim(
         },
     }
     return pod, {"gpu": claim}
+
+
+def pod_asking_for(
+    name: str, *, resource: str, queue: str = "team-a"
+) -> tuple[Obj, dict[str, Obj]]:
+    """A pod with no claim that asks for one ``resource`` in its limits (an extended resource)."""
+    pod, _ = pod_with_claim(name, device_class="unused", queue=queue)
+    pod["spec"].pop("resourceClaims")
+    pod["spec"]["containers"][0]["resources"] = {"limits": {resource: "1"}}
+    return pod, {}
