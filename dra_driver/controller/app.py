@@ -39,6 +39,7 @@ from dra_driver.controller.pods import PodIndex
 from dra_driver.controller.poller import Poller
 from dra_driver.controller.pool_sync import PoolSync
 from dra_driver.controller.pools import DevicePolicy, NodeInfo, node_info
+from dra_driver.controller.scheduler import allocator_features, describe
 from dra_driver.controller.settings import ControllerSettings
 from dra_driver.controller.slices import Publisher, SliceStore
 from dra_driver.controller.tracker import HealthTracker
@@ -66,8 +67,11 @@ async def run(settings: ControllerSettings, *, stop: asyncio.Event | None = None
             "identity": settings.identity,
             "namespace": settings.namespace,
             "sharing": settings.sharing.value,
+            "scheduler": settings.scheduler.value,
         },
     )
+    if mode := describe(scheduler=settings.scheduler, gates=settings.kai_gates):
+        log.warning(mode)
     kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component="controller")
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(kube.close)
@@ -122,6 +126,7 @@ def policy_of(settings: ControllerSettings) -> DevicePolicy:
         fallback=settings.capacity_fallback,
         binding_conditions=settings.binding_conditions,
         binds_to_node=settings.binds_to_node,
+        allocator=allocator_features(scheduler=settings.scheduler, gates=settings.kai_gates),
     )
 
 

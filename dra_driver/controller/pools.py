@@ -14,6 +14,11 @@ without taints such a GPU is left out of the pool. Devices are split into
 slices within the API's limits: 128 per slice, 64 when devices may carry taints (the
 limit is applied whenever taints are on, so a taint appearing never reshuffles
 devices across slices).
+
+A gated field is used only where the API server keeps it *and* the scheduler's
+allocator acts on it (``DevicePolicy.allocator``, see :mod:`scheduler`): under
+KAI-Scheduler v0.17.0 the pools carry no taints, binding conditions or multiple
+allocations, and a GPU that would have been tainted is left out instead.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from dra_driver.controller import scheduler
 from dra_driver.controller.features import FAILURE_CONDITION, READY_CONDITION, Features
 from dra_driver.controller.health import Verdict
 from dra_driver.controller.settings import Sharing
@@ -79,10 +85,16 @@ class DevicePolicy:
     fallback: Sharing = Sharing.EXCLUSIVE
     binding_conditions: bool = False
     binds_to_node: bool = False
+    allocator: Features = field(default_factory=Features)
+    """Gated fields the scheduler's allocator acts on (all, for kube-scheduler)."""
+
+    def usable(self, server: Features) -> Features:
+        """Gated fields to publish with: kept by the server and acted on by the allocator."""
+        return scheduler.usable(server, self.allocator)
 
     def effective(self, features: Features) -> Sharing:
-        """The sharing actually used: capacity falls back where the server cannot keep it."""
-        if self.sharing is Sharing.CAPACITY and not features.capacity:
+        """The sharing actually used: capacity falls back where it would not be honoured."""
+        if self.sharing is Sharing.CAPACITY and not self.usable(features).capacity:
             return self.fallback
         return self.sharing
 
@@ -180,6 +192,7 @@ def devices(
     ``gvirtus.io/unhealthy=binding-failed``, or left out where taints are unavailable,
     so the scheduler's next attempt picks another.
     """
+    features = policy.usable(features)
     sharing = policy.effective(features)
     found = []
     for gpu in sorted(inventory.gpus, key=lambda g: g.index):
@@ -281,7 +294,7 @@ def desired_slices(
         taint_times=taint_times(existing),
         now=now,
     )
-    groups = split(found, features=features)
+    groups = split(found, features=policy.usable(features))
     return [
         slice_object(
             driver=driver, node=node, index=i, count=len(groups), generation=0, devices=group

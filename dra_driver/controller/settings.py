@@ -17,6 +17,12 @@ from pydantic import Field, field_validator, model_validator
 
 from dra_driver import DEFAULT_DRIVER_NAME
 from dra_driver.config import Settings, dns_subdomain
+from dra_driver.controller.scheduler import (
+    BINDING_GATE,
+    CAPACITY_GATE,
+    Scheduler,
+    parse_feature_gates,
+)
 from dra_driver.quantity import parse_bytes
 
 
@@ -101,6 +107,21 @@ class ControllerSettings(Settings):
         10, ge=1, le=600, description="seconds the leader retries renewing"
     )
     retry_period: float = Field(2, ge=0.2, le=60, description="seconds between Lease attempts")
+    scheduler: Scheduler = Field(
+        Scheduler.DEFAULT,
+        description=(
+            "the scheduler that allocates from the pools: default (kube-scheduler) or kai "
+            "(KAI-Scheduler: pools carry only what its allocator acts on; docs/kai-scheduler.md)"
+        ),
+    )
+    kai_feature_gates: str = Field(
+        "",
+        description=(
+            "with --scheduler kai, the --feature-gates value KAI-Scheduler was given "
+            "(SchedulingShard spec.args); DRADeviceTaints=true brings taints back, "
+            "DRAConsumableCapacity=true allows --sharing capacity"
+        ),
+    )
     binding_conditions: bool = Field(
         False,
         description=(
@@ -157,6 +178,12 @@ class ControllerSettings(Settings):
             raise ValueError("must be exclusive or slots")
         return value
 
+    @field_validator("kai_feature_gates")
+    @classmethod
+    def _kai_feature_gates(cls, value: str) -> str:
+        parse_feature_gates(value)
+        return value
+
     @model_validator(mode="after")
     def _coherent(self) -> ControllerSettings:
         if self.renew_deadline >= self.lease_duration:
@@ -165,7 +192,34 @@ class ControllerSettings(Settings):
             raise ValueError("--retry-period must be well below --renew-deadline")
         if parse_bytes(self.capacity_default) < parse_bytes(self.capacity_min):
             raise ValueError("--capacity-default must be at least --capacity-min")
+        self._fits_the_scheduler()
         return self
+
+    def _fits_the_scheduler(self) -> None:
+        """Refuse what the chosen scheduler would silently ignore or get wrong."""
+        if self.scheduler is Scheduler.DEFAULT:
+            if self.kai_feature_gates.strip():
+                raise ValueError("--kai-feature-gates applies only with --scheduler kai")
+            return
+        if self.binding_conditions or self.binds_to_node:
+            raise ValueError(
+                "--binding-conditions and --binds-to-node must be false with --scheduler kai: "
+                "KAI-Scheduler v0.17.0 never allocates a device that has binding conditions, "
+                f"and no KAI binder waits for them (even with {BINDING_GATE}=true)"
+            )
+        if self.sharing is Sharing.CAPACITY and not self.kai_gates.get(CAPACITY_GATE):
+            raise ValueError(
+                "--sharing capacity needs a KAI-Scheduler that passes "
+                f"{CAPACITY_GATE}=true to its allocator (v0.17.0 gives each device to one "
+                "claim, so capacity sharing would quietly become exclusive): use --sharing "
+                f"slots, or add {CAPACITY_GATE}=true to --kai-feature-gates if your KAI "
+                "has it in its SchedulingShard spec.args feature-gates"
+            )
+
+    @property
+    def kai_gates(self) -> dict[str, bool]:
+        """The feature gates KAI-Scheduler passes to its allocator, as the admin told us."""
+        return parse_feature_gates(self.kai_feature_gates)
 
     @property
     def identity(self) -> str:

@@ -401,3 +401,41 @@ def test_a_nodes_plugin_may_write_only_for_its_node(
     assert (failed == []) is allowed, failed
     if not allowed:
         assert all("kubelet plugin" in message for message in failed)
+
+
+def _settings_of(objects: list[Obj], name: str, root: pathlib.Path) -> Any:
+    """The settings the one container of Deployment ``name`` starts with."""
+    workload = manifests.pick(objects, "Deployment", name)
+    moved = _configmap_files(objects, workload, root)
+    (container,) = containers(workload)
+    args = list(container["args"])
+    for mount, local in moved.items():
+        args = [a.replace(mount, local) for a in args]
+    environ = {
+        e["name"]: e.get("value") or SAMPLE_FIELDS[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in container.get("env") or []
+    }
+    parsed = cli.build_parser().parse_args(args)
+    return config.load(cli.COMMANDS[parsed.command].settings(), args=parsed, environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("install", "scheduler", "device_class"),
+    [
+        ("manifests", "default", "gpu.gvirtus.io"),
+        ("manifests/overlays/kai", "kai", "remote.gvirtus.io"),
+    ],
+    ids=["default", "kai"],
+)
+def test_the_kai_overlay_switches_the_controller_and_the_webhooks_class(
+    install: str, scheduler: str, device_class: str, tmp_path: pathlib.Path
+) -> None:
+    objects = rendered(install)
+    controller = _settings_of(objects, "gvirtus-dra-controller", tmp_path / "controller")
+    webhook = _settings_of(objects, "gvirtus-dra-webhook", tmp_path / "webhook")
+    classes = {o["metadata"]["name"] for o in objects if o["kind"] == "DeviceClass"}
+
+    assert controller.scheduler == scheduler
+    assert controller.binding_conditions is False
+    assert webhook.device_class == device_class
+    assert device_class in classes, "converted pods ask for a class the install applies"

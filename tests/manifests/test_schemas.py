@@ -89,7 +89,14 @@ def test_a_broken_object_is_caught() -> None:
 
 
 def test_no_file_in_manifests_is_left_out_of_its_kustomization() -> None:
-    for folder in ("manifests/base", "manifests/overlays/simulator", "resourceclasses"):
+    folders = (
+        "manifests/base",
+        "manifests/overlays/simulator",
+        "manifests/overlays/kai",
+        "resourceclasses",
+        "resourceclasses/kai",
+    )
+    for folder in folders:
         listed = manifests.load(f"{folder}/kustomization.yaml")[0]
         used = set(listed.get("resources") or []) | {
             p["path"] for p in listed.get("patches") or [] if "path" in p

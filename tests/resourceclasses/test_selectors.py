@@ -86,6 +86,7 @@ def selected(path: str) -> set[str]:
         pytest.param(
             "resourceclasses/examples/gpu.gvirtus.io-debug.yaml", EVERY_GVIRTUS_GPU, id="debug"
         ),
+        pytest.param("resourceclasses/kai/remote.gvirtus.io.yaml", EVERY_GVIRTUS_GPU, id="kai"),
     ],
 )
 def test_each_class_selects_the_devices_it_promises(path: str, expected: set[str]) -> None:
@@ -100,20 +101,46 @@ def test_every_class_file_is_covered_above() -> None:
             f"resourceclasses/examples/gpu.gvirtus.io-{n}.yaml"
             for n in ("h100", "cuda-12.4", "zone-a", "nvidia-compat", "debug")
         ),
+        "resourceclasses/kai/remote.gvirtus.io.yaml",
     }
     assert set(CLASSES) == covered
 
 
-def test_the_installed_classes_are_the_two_the_names_promise() -> None:
-    installed = {
-        manifests.find(p, "DeviceClass")["metadata"]["name"]: manifests.find(p, "DeviceClass")
-        for p in CLASSES
-        if "/examples/" not in p
-    }
+def installed(install: str) -> dict[str, dict[str, Any]]:
+    """The DeviceClasses ``kubectl apply -k <install>`` applies, by name."""
+    try:
+        objects = manifests.render(install)
+    except manifests.KubectlMissingError as exc:
+        pytest.skip(str(exc))
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == "DeviceClass"}
 
-    assert set(installed) == {"gpu.gvirtus.io", "gpu.gvirtus.io-legacy"}
-    assert "extendedResourceName" not in installed["gpu.gvirtus.io"]["spec"]
-    assert installed["gpu.gvirtus.io-legacy"]["spec"]["extendedResourceName"] == "gvirtus.io/gpu"
+
+@pytest.mark.parametrize(
+    ("install", "names"),
+    [
+        ("manifests", {"gpu.gvirtus.io", "gpu.gvirtus.io-legacy"}),
+        ("manifests/overlays/simulator", {"gpu.gvirtus.io", "gpu.gvirtus.io-legacy"}),
+        (
+            "manifests/overlays/kai",
+            {"gpu.gvirtus.io", "gpu.gvirtus.io-legacy", "remote.gvirtus.io"},
+        ),
+    ],
+    ids=["default", "simulator", "kai"],
+)
+def test_each_install_applies_the_classes_the_names_promise(install: str, names: set[str]) -> None:
+    classes = installed(install)
+
+    assert set(classes) == names
+    assert "extendedResourceName" not in classes["gpu.gvirtus.io"]["spec"]
+    assert classes["gpu.gvirtus.io-legacy"]["spec"]["extendedResourceName"] == "gvirtus.io/gpu"
+
+
+def test_the_kai_class_is_gpu_gvirtus_io_under_a_name_kai_does_not_count_as_a_gpu() -> None:
+    classes = installed("manifests/overlays/kai")
+    remote, gpu_class = classes["remote.gvirtus.io"], classes["gpu.gvirtus.io"]
+
+    assert "gpu" not in remote["metadata"]["name"].lower()
+    assert remote["spec"] == gpu_class["spec"], "same selectors, same configuration"
 
 
 def test_no_two_classes_claim_the_same_extended_resource() -> None:

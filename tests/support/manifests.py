@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-INSTALLS = ("manifests", "manifests/overlays/simulator", "demo/install")
+INSTALLS = ("manifests", "manifests/overlays/simulator", "manifests/overlays/kai", "demo/install")
 """Every kustomization an admin or the demo applies."""
 
 
