@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from dra_driver import gvirtus
 from dra_driver.addresses import RoutableIPv4
 from dra_driver.config import Settings, absolute_path, dns_subdomain
-from dra_driver.models import GVirtuSLogLevel
+from dra_driver.models import AccessMode, GVirtuSLogLevel
 from dra_driver.quantity import parse_bytes
 
 AGENT_PORT = 9450
@@ -104,6 +104,23 @@ class AgentSettings(Settings):
         "580.65.06", description="driver version of simulated GPUs"
     )
     simulate_cuda_version: str = Field("12.6", description="CUDA version of simulated GPUs")
+    access_control: AccessMode = Field(
+        AccessMode.ON,
+        description="on: only pods holding a claim on a GPU reach its backend (nftables, "
+        "needs NET_ADMIN and the node's access list); off: anyone who reaches a backend "
+        "port uses its GPU (warned about at start, every ten minutes and as a Node event)",
+    )
+    namespace: str = Field(
+        "gvirtus-system",
+        description="namespace of the access lists the controller publishes "
+        "(ConfigMap gvirtus-dra-access-<node>)",
+    )
+    kubeconfig: pathlib.Path | None = Field(
+        None,
+        description="kubeconfig file for reading the access list; unset means the "
+        "pod's service account",
+        json_schema_extra={"env_aliases": ["KUBECONFIG"]},
+    )
     config: pathlib.Path | None = Field(
         None, description="YAML file with any of these settings (camelCase keys)"
     )
@@ -112,6 +129,11 @@ class AgentSettings(Settings):
     @classmethod
     def _node_name(cls, value: str) -> str:
         return dns_subdomain(value, what="node name")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return dns_subdomain(value, what="namespace", max_length=63)
 
     @field_validator("bind_address")
     @classmethod
