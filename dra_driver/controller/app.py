@@ -14,6 +14,8 @@ While leading, the work is split between owners, each wired here once:
   by :class:`slices.Publisher`;
 * :class:`claimstatus.ClaimStatus`: claims' device status, reading a
   :class:`view.DeviceView`;
+* :class:`access.AccessPublisher`: who may connect to each backend, woken by the
+  claim and pod watches directly, beside the rounds;
 * :class:`loop.Loop`: the rounds.
 """
 
@@ -27,6 +29,8 @@ import time
 from collections.abc import Callable
 
 from dra_driver import __version__, httpserver
+from dra_driver.controller.access import LABEL_SELECTOR as ACCESS_SELECTOR
+from dra_driver.controller.access import AccessPublisher
 from dra_driver.controller.agents import Agents
 from dra_driver.controller.claims import ClaimIndex
 from dra_driver.controller.claimstatus import ClaimStatus
@@ -47,7 +51,7 @@ from dra_driver.controller.view import DeviceView
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
 from dra_driver.kube.index import Index
-from dra_driver.kube.resources import NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
+from dra_driver.kube.resources import CONFIG_MAPS, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
 from dra_driver.lifecycle import freeze_startup_objects, raise_file_limit, stop_on_signals
 from dra_driver.quantity import parse_bytes
 
@@ -79,10 +83,13 @@ async def run(settings: ControllerSettings, *, stop: asyncio.Event | None = None
         current: list[Loop] = []
 
         async def lead() -> None:
-            loop = wire(settings=settings, kube=kube, events=events)
+            loop, access = wire(settings=settings, kube=kube, events=events)
             current[:] = [loop]
             try:
-                await loop.run()
+                # Either ending (or losing the Lease cancelling both) ends the other.
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(loop.run(), name="loop")
+                    group.create_task(access.run(), name="access")
             finally:
                 current.clear()
 
@@ -137,7 +144,7 @@ def wire(
     events: EventRecorder,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
-) -> Loop:
+) -> tuple[Loop, AccessPublisher]:
     """The leader's owners, connected once; see the module docstring."""
     s = settings
     policy = policy_of(s)
@@ -193,6 +200,18 @@ def wire(
         clock=clock,
         wall=wall,
     )
+    access = AccessPublisher(
+        kube=kube,
+        namespace=s.namespace,
+        claims=claims,
+        pods=pods,
+        agents=agents,
+        nodes=nodes,
+        events=events,
+        interval=s.poll_interval,
+        node_addresses=s.access_node_addresses,
+        concurrency=s.write_concurrency,
+    )
     watches = (
         Informer(
             PODS,
@@ -203,10 +222,16 @@ def wire(
         ),
         Informer(NODES, nodes, synced=nodes.synced),
         Informer(RESOURCE_SLICES, store, synced=store.synced, label_selector=store.label_selector),
-        Informer(RESOURCE_CLAIMS, claims),
-        Informer(PODS, pods, synced=pods.synced),
+        Informer(RESOURCE_CLAIMS, access.watching(claims)),
+        Informer(PODS, access.watching(pods), synced=pods.synced),
+        Informer(
+            CONFIG_MAPS,
+            access.store,
+            namespace=s.namespace,
+            label_selector=ACCESS_SELECTOR,
+        ),
     )
-    return Loop(
+    loop = Loop(
         kube=kube,
         watches=watches,
         gates=gates,
@@ -220,3 +245,4 @@ def wire(
         grace=s.grace_period,
         clock=clock,
     )
+    return loop, access
