@@ -202,6 +202,18 @@ def _review_with(**changes: Any) -> bytes:
     return json.dumps(review).encode()
 
 
+def _nested(depth: int) -> bytes:
+    """A review of the captured pod with a value nested ``depth`` levels deep inside it."""
+    review = objects.admission_review()
+    review["request"]["object"]["metadata"]["annotations"] = {"x": "PLACEHOLDER"}
+    head, tail = json.dumps(review).encode().split(b'"PLACEHOLDER"')
+    return head + b"[" * depth + b"]" * depth + tail
+
+
+def _in_namespace(namespace: str) -> bytes:
+    return _review_with(request={**objects.admission_review()["request"], "namespace": namespace})
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -223,9 +235,32 @@ def _review_with(**changes: Any) -> bytes:
         ),
         pytest.param(_review_without("uid"), "has no request with a uid", id="no-uid"),
         pytest.param(
-            _review_with(request={**objects.admission_review()["request"], "namespace": "a/b"}),
-            "request.namespace 'a/b' is not a namespace name",
-            id="bad-namespace",
+            _in_namespace("a/b"), "request.namespace 'a/b' is not a namespace name", id="slash"
+        ),
+        pytest.param(
+            _in_namespace("gvirtus-demo\n"),
+            "request.namespace 'gvirtus-demo\\n' is not a namespace name",
+            id="trailing-newline",
+        ),
+        pytest.param(
+            _in_namespace("kube-system\n"),
+            "request.namespace 'kube-system\\n' is not a namespace name",
+            id="excluded-namespace-with-trailing-newline",
+        ),
+        pytest.param(
+            _in_namespace("a" * 5000),
+            "request.namespace 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' is not a namespace name",
+            id="namespace-quoted-shortly",
+        ),
+        pytest.param(
+            _nested(65),
+            "the body nests 70 levels deep; an AdmissionReview of a pod never nests deeper than 64",
+            id="nested-70",
+        ),
+        pytest.param(
+            _nested(5000),
+            "the body is not JSON: depth limit exceeded",
+            id="nested-5000",
         ),
         pytest.param(
             _review_with(request={**objects.admission_review()["request"], "namespace": ""}),
@@ -251,6 +286,13 @@ async def test_a_body_that_is_not_a_usable_review_gets_400_with_the_reason(
     assert reason in answer
     status, _ = await webhook.post(objects.admission_review())
     assert status == 200, "the webhook keeps serving"
+
+
+async def test_a_review_nested_as_deep_as_allowed_is_answered(webhook: Webhook) -> None:
+    status, answer = await webhook.post(_nested(64 - 5))
+
+    assert status == 200
+    assert answer["response"]["allowed"] is True
 
 
 @pytest.mark.parametrize(
