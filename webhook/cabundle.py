@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import logging
 
+import jsonpointer
+
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 
@@ -37,9 +39,13 @@ async def publish_ca_bundle(kube: KubeClient, *, configuration: str, ca_pem: byt
     patch = []
     for index, webhook in enumerate(current.get("webhooks") or []):
         if (webhook.get("clientConfig") or {}).get("caBundle") != wanted:
+            name = jsonpointer.JsonPointer.from_parts(["webhooks", index, "name"]).path
+            bundle = jsonpointer.JsonPointer.from_parts(
+                ["webhooks", index, "clientConfig", "caBundle"]
+            ).path
             patch += [
-                {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.get("name")},
-                {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": wanted},
+                {"op": "test", "path": name, "value": webhook.get("name")},
+                {"op": "add", "path": bundle, "value": wanted},
             ]
     if not patch:
         return False

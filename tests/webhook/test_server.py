@@ -309,6 +309,12 @@ async def test_a_review_nested_as_deep_as_allowed_is_answered(webhook: Webhook) 
             id="absurd-count",
         ),
         pytest.param(
+            objects.legacy_pod(containers={"app": "9" * 5000}),
+            "container 'app': resources.limits[nvidia.com/gpu] is a 5000-digit number; "
+            "at most 16 GVirtuS GPUs per container",
+            id="5000-digits",
+        ),
+        pytest.param(
             {"metadata": {"labels": {"gvirtus.io/enabled": "true"}}}, "no spec", id="no-spec"
         ),
         pytest.param(
