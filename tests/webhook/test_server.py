@@ -371,6 +371,74 @@ async def test_without_consumable_capacity_templates_leave_out_distinct_devices(
     ]
 
 
+def _multi_gpu_review(namespace: str) -> dict[str, Any]:
+    review = objects.review_of(objects.legacy_pod(containers={"a": 2}))
+    review["request"]["namespace"] = namespace
+    return review
+
+
+DISTINCT = {"requests": ["gpu"], "distinctAttribute": "gpu.gvirtus.io/uuid"}
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        pytest.param(422, "ValidatingAdmissionPolicy 'no-capacity' denied request", id="policy"),
+        pytest.param(403, "exceeded quota: resourceclaimtemplates", id="quota"),
+        pytest.param(500, "webhook timed out", id="server-error"),
+    ],
+)
+async def test_a_refused_probe_fails_one_review_and_poisons_no_later_template(
+    webhook: Webhook, apiserver: APIServer, code: int, message: str
+) -> None:
+    apiserver.fail_next(
+        "POST", f"/namespaces/team-a/{TEMPLATES}$", code=code, message=message, times=1
+    )
+
+    _, refused = await webhook.post(_multi_gpu_review("team-a"))
+    _, converted = await webhook.post(_multi_gpu_review("team-b"))
+
+    assert refused["response"]["allowed"] is False
+    assert refused["response"]["status"]["code"] == 503
+    assert message in refused["response"]["status"]["message"]
+    assert apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", "team-a") is None
+    assert converted["response"]["allowed"] is True
+    made = apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", "team-b")
+    assert made is not None
+    assert DISTINCT in made["spec"]["spec"]["devices"]["constraints"]
+    _, retried = await webhook.post(_multi_gpu_review("team-a"))
+    assert retried["response"]["allowed"] is True, "the refused namespace is asked again"
+    made = apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", "team-a")
+    assert made is not None
+    assert DISTINCT in made["spec"]["spec"]["devices"]["constraints"]
+
+
+async def test_what_the_api_server_says_of_its_gate_is_asked_once(
+    webhook: Webhook, apiserver: APIServer
+) -> None:
+    apiserver.disabled_features = frozenset({"DRAConsumableCapacity"})
+
+    for namespace in ("team-a", "team-b", "team-c"):
+        _, answer = await webhook.post(_multi_gpu_review(namespace))
+        assert answer["response"]["allowed"] is True
+
+    probes = [r for r in apiserver.requests if r.method == "POST" and r.dry_run]
+    assert all(TEMPLATES in r.path for r in probes)
+    assert len(probes) == 1
+    for namespace in ("team-a", "team-b", "team-c"):
+        made = apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", namespace)
+        assert made is not None
+        assert DISTINCT not in made["spec"]["spec"]["devices"]["constraints"]
+
+
+async def test_single_gpu_templates_need_no_probe(webhook: Webhook, apiserver: APIServer) -> None:
+    status, answer = await webhook.post(objects.review_of(objects.legacy_pod(containers={"a": 1})))
+
+    assert status == 200 and answer["response"]["allowed"]
+    posts = [r for r in apiserver.requests if r.method == "POST" and TEMPLATES in r.path]
+    assert [r.dry_run for r in posts] == [False]
+
+
 async def test_metrics_count_reviews_by_outcome(webhook: Webhook) -> None:
     await webhook.post(objects.admission_review())
     await webhook.post(objects.review_of(objects.legacy_pod(containers={"a": 1}, labelled=False)))
