@@ -3,7 +3,9 @@
 Every failure has an answer the caller can act on, and none is a 500: a body that
 is not an AdmissionReview (or too large) gets HTTP 400 with the reason; a pod that
 cannot be converted gets a denial naming the container and the fix; anything else
-gets an allowing review. Dry-run reviews create no templates.
+gets an allowing review. Dry-run reviews create no templates, and neither does a
+review for a namespace the webhook's configuration leaves out (the API server never
+sends one; whoever did gets the pod back untouched).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from dra_driver import logs
 from dra_driver.kube import errors
 from webhook import mutate, review
+from webhook.scope import OutOfScope, Scope, ScopeUnknown
 from webhook.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ SECONDS = Histogram(
     ["outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
-OUTCOMES = ("converted", "unchanged", "skipped", "denied", "bad_request", "error")
+OUTCOMES = ("converted", "unchanged", "skipped", "excluded", "denied", "bad_request", "error")
 for _outcome in OUTCOMES:
     REVIEWS.labels(_outcome)
 
@@ -42,6 +45,7 @@ class Converter:
     """What ``/mutate`` needs."""
 
     templates: Templates
+    scope: Scope
     max_gpus: int
     max_body: int
 
@@ -95,7 +99,17 @@ async def _review(request: web.Request) -> tuple[str, web.Response]:
         return "bad_request", _bad("the AdmissionReview of a pod names no request.namespace")
     metadata = parsed.pod["metadata"]
     name = metadata.get("name") or f"{metadata.get('generateName', '')}*"
+    name = name[:253] if isinstance(name, str) else review.shown(name)
     with logs.context(pod=f"{parsed.namespace}/{name}", review=parsed.uid, dry_run=parsed.dry_run):
+        try:
+            converter.scope.check(parsed.namespace)
+        except OutOfScope as exc:
+            log.warning("not converted: %s", exc, extra={"remote": request.remote})
+            return "excluded", _json(review.allow(parsed.uid))
+        except ScopeUnknown as exc:
+            log.warning("not converted: %s", exc)
+            message = f"gvirtus-dra: cannot tell whether to convert pods here: {exc}"
+            return "denied", _json(review.deny(parsed.uid, message, code=503))
         try:
             plan = mutate.plan(parsed.pod, max_gpus=converter.max_gpus)
         except mutate.Denied as exc:

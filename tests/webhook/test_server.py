@@ -6,6 +6,7 @@ import asyncio
 import base64
 import copy
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import jsonpatch
@@ -13,7 +14,7 @@ import pytest
 
 from tests.support import objects
 from tests.support.apiserver import APIServer
-from tests.webhook.conftest import Webhook
+from tests.webhook.conftest import Webhook, configuration
 
 TEMPLATES = "resourceclaimtemplates"
 DEMO = "gvirtus-demo"
@@ -437,6 +438,62 @@ async def test_single_gpu_templates_need_no_probe(webhook: Webhook, apiserver: A
     assert status == 200 and answer["response"]["allowed"]
     posts = [r for r in apiserver.requests if r.method == "POST" and TEMPLATES in r.path]
     assert [r.dry_run for r in posts] == [False]
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "gvirtus-system"])
+async def test_a_direct_post_for_an_excluded_namespace_creates_nothing(
+    webhook: Webhook, apiserver: APIServer, namespace: str
+) -> None:
+    """Any pod can reach the port; only the API server's choice of namespaces counts."""
+    review = _multi_gpu_review(namespace)
+
+    status, answer = await webhook.post(review)
+
+    assert status == 200
+    assert answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
+    assert [r for r in apiserver.requests if TEMPLATES in r.path and r.method == "POST"] == []
+    assert 'gvirtus_dra_webhook_reviews_total{outcome="excluded"} 1.0' in await webhook.metrics()
+
+
+async def test_a_selector_by_other_labels_stops_conversion_with_the_reason(
+    webhook: Webhook, apiserver: APIServer
+) -> None:
+    changed = configuration()
+    stored = apiserver.get("mutatingwebhookconfigurations", changed["metadata"]["name"])
+    assert stored is not None
+    stored["webhooks"][0]["namespaceSelector"] = {"matchLabels": {"gvirtus.io/legacy": "on"}}
+    apiserver.put(stored)
+
+    async with asyncio.timeout(10):
+        while True:
+            _, answer = await webhook.post(_multi_gpu_review("gvirtus-demo"))
+            if not answer["response"]["allowed"]:
+                break
+            await asyncio.sleep(0.2)
+
+    assert answer["response"]["status"]["code"] == 503
+    assert answer["response"]["status"]["message"] == (
+        "gvirtus-dra: cannot tell whether to convert pods here: the namespaceSelector asks "
+        "about the label 'gvirtus.io/legacy'; the webhook checks namespaces only by "
+        "kubernetes.io/metadata.name (list the namespaces by name instead)"
+    )
+
+
+async def test_without_its_configuration_the_webhook_converts_nothing(
+    apiserver: APIServer, make_webhook: Callable[..., Coroutine[Any, Any, Webhook]]
+) -> None:
+    webhook = await make_webhook()
+
+    status, answer = await webhook.post(_multi_gpu_review("gvirtus-demo"))
+
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert answer["response"]["status"]["code"] == 503
+    assert (
+        "MutatingWebhookConfiguration gvirtus-dra-webhook has not been read"
+        in (answer["response"]["status"]["message"])
+    )
+    assert template_writes(apiserver) == []
 
 
 async def test_metrics_count_reviews_by_outcome(webhook: Webhook) -> None:
