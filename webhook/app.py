@@ -22,7 +22,7 @@ from dra_driver.errors import StartupError
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
-from webhook import server
+from webhook import connections, server
 from webhook.cabundle import publish_ca_bundle, read_configuration
 from webhook.certs import KeyPair
 from webhook.scope import Scope
@@ -84,6 +84,54 @@ class Certificates:
                 log.warning("checking the serving certificate failed (retrying): %s", exc)
 
 
+async def _serve_https(
+    stack: contextlib.AsyncExitStack,
+    *,
+    settings: WebhookSettings,
+    converter: server.Converter,
+    tls: TLS,
+) -> None:
+    """Serve ``/mutate`` through the connection guard until ``stack`` closes.
+
+    Raises:
+        StartupError: the port cannot be bound, or too few file descriptors for the cap.
+    """
+    connections.ensure_file_limit(settings.max_connections + 64)
+    connections.small_tls_buffers()
+    runner = web.AppRunner(
+        server.build(converter=converter),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=settings.idle_timeout,
+        lingering_time=0,  # a body that stopped arriving closes the connection at once
+    )
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    assert runner.server is not None
+    try:
+        listener = connections.listen(settings.address, settings.port, backlog=1024)
+    except OSError as exc:
+        raise StartupError(f"cannot serve on {settings.address}:{settings.port}: {exc}") from exc
+    stack.callback(listener.close)
+    guard = connections.Guard(
+        limits=connections.Limits(
+            max_connections=settings.max_connections,
+            max_per_address=settings.max_connections_per_address,
+            request_timeout=settings.request_timeout,
+        ),
+        protocol_factory=runner.server,
+        ssl_context=tls.context,
+    )
+    accepting = asyncio.create_task(guard.serve(listener))
+
+    async def stop_accepting() -> None:
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+
+    stack.push_async_callback(stop_accepting)
+
+
 async def run(settings: WebhookSettings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` (or SIGTERM/SIGINT)."""
     stop = stop or stop_on_signals()
@@ -101,23 +149,15 @@ async def run(settings: WebhookSettings, *, stop: asyncio.Event | None = None) -
             kube=kube, device_class=settings.device_class, driver=settings.driver_name
         )
         converter = server.Converter(
-            templates=templates, scope=scope, max_gpus=settings.max_gpus, max_body=settings.max_body
+            templates=templates,
+            scope=scope,
+            max_gpus=settings.max_gpus,
+            max_body=settings.max_body,
+            request_timeout=settings.request_timeout,
         )
         watch = asyncio.create_task(templates.watch())
         stack.callback(watch.cancel)
-        runner = web.AppRunner(
-            server.build(converter=converter), access_log=None, handle_signals=False
-        )
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        try:
-            await web.TCPSite(
-                runner, settings.address, settings.port, ssl_context=tls.context, reuse_address=True
-            ).start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot serve on {settings.address}:{settings.port}: {exc}"
-            ) from exc
+        await _serve_https(stack, settings=settings, converter=converter, tls=tls)
         stopping = asyncio.Event()
         if settings.metrics_port:
 

@@ -10,6 +10,7 @@ sends one; whoever did gets the pod back untouched).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -20,7 +21,7 @@ from prometheus_client import Counter, Histogram
 
 from dra_driver import logs
 from dra_driver.kube import errors
-from webhook import mutate, review
+from webhook import connections, mutate, review
 from webhook.scope import OutOfScope, Scope, ScopeUnknown
 from webhook.templates import Templates
 
@@ -48,6 +49,7 @@ class Converter:
     scope: Scope
     max_gpus: int
     max_body: int
+    request_timeout: float
 
 
 CONVERTER = web.AppKey("converter", Converter)
@@ -79,14 +81,27 @@ async def _answer(request: web.Request) -> tuple[str, web.Response]:
         return "error", _json(review.deny(uid, message, code=500))
 
 
+async def _read(request: web.Request, converter: Converter) -> bytes | web.Response:
+    """The whole body, or the answer to a body too large or too slow to arrive."""
+    too_large = _bad(f"the request body is larger than {converter.max_body} bytes")
+    if request.content_length is not None and request.content_length > converter.max_body:
+        return too_large
+    try:
+        async with asyncio.timeout(converter.request_timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return too_large
+    except TimeoutError:
+        log.warning("request body too slow", extra={"remote": request.remote})
+        text = f"the request body did not arrive within {converter.request_timeout:g} s\n"
+        return web.Response(status=408, text=text, headers={"Connection": "close"})
+
+
 async def _review(request: web.Request) -> tuple[str, web.Response]:
     converter = request.app[CONVERTER]
-    if request.content_length is not None and request.content_length > converter.max_body:
-        return "bad_request", _bad(f"the request body is larger than {converter.max_body} bytes")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return "bad_request", _bad(f"the request body is larger than {converter.max_body} bytes")
+    raw = await _read(request, converter)
+    if isinstance(raw, web.Response):
+        return "bad_request", raw
     try:
         parsed = review.parse(raw)
     except review.BadReview as exc:
@@ -141,7 +156,9 @@ def _bad(reason: str) -> web.Response:
 
 def build(*, converter: Converter) -> web.Application:
     """The HTTPS application (probes and metrics live on the plain HTTP port)."""
-    app = web.Application(client_max_size=converter.max_body)
+    app = web.Application(
+        client_max_size=converter.max_body, middlewares=[connections.mark_request]
+    )
     app[CONVERTER] = converter
     app.router.add_post("/mutate", mutate_handler)
     return app
