@@ -15,10 +15,15 @@ and a lost connection is opened again after a pause, never in a tight loop.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
+import pathlib
 import resource
 import ssl
+import sys
 from dataclasses import dataclass, field
 
 SERVER_NAME = "gvirtus-dra-webhook.gvirtus-system.svc"
@@ -153,3 +158,53 @@ async def connect_tls(
     return await asyncio.open_connection(
         "127.0.0.1", port, ssl=context, server_hostname=SERVER_NAME, local_addr=(source, 0)
     )
+
+
+async def _hold_for(*, port: int, ca_pem: str, count: int, addresses: int, seconds: float) -> Tally:
+    raise_file_limit(count + 1000)
+    context = ssl.create_default_context(cadata=ca_pem)
+    stop, tally = asyncio.Event(), Tally()
+    kinds = ("tcp", "tls", "slow")
+    holders = [
+        asyncio.create_task(
+            hold(
+                port=port,
+                context=context,
+                source=loopback(i * addresses // count),
+                kind=kinds[i % len(kinds)],
+                stop=stop,
+                tally=tally,
+            )
+        )
+        for i in range(count)
+    ]
+    await _sleep(stop, seconds)
+    stop.set()
+    await asyncio.gather(*holders)
+    return tally
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Hold connections from a process of their own (the benchmark's attacker)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ca-file", type=pathlib.Path, required=True)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--addresses", type=int, default=20)
+    parser.add_argument("--seconds", type=float, required=True)
+    args = parser.parse_args(argv)
+    tally = asyncio.run(
+        _hold_for(
+            port=args.port,
+            ca_pem=args.ca_file.read_text(),
+            count=args.count,
+            addresses=args.addresses,
+            seconds=args.seconds,
+        )
+    )
+    print(json.dumps(dataclasses.asdict(tally)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
