@@ -103,7 +103,9 @@ async def _serve_https(
         access_log=None,
         handle_signals=False,
         keepalive_timeout=settings.idle_timeout,
-        lingering_time=0,  # a body that stopped arriving closes the connection at once
+        # After an early answer (too large, too slow) the rest of the body is read and
+        # dropped so the client sees the answer, but for no longer than a request may take.
+        lingering_time=settings.request_timeout,
     )
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
