@@ -55,6 +55,30 @@ class WebhookSettings(Settings):
     max_body: int = Field(
         3 * 1024 * 1024, ge=65536, description="largest AdmissionReview accepted, in bytes"
     )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        le=65536,
+        description="open HTTPS connections at most; more are reset at accept (~92 KiB each)",
+    )
+    max_connections_per_address: int = Field(
+        256, ge=1, le=65536, description="open HTTPS connections at most from one client address"
+    )
+    request_timeout: float = Field(
+        5,
+        gt=0,
+        le=300,
+        description=(
+            "seconds a new connection has for its TLS handshake and first request headers, "
+            "and any request for its body"
+        ),
+    )
+    idle_timeout: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="seconds a kept-alive connection may wait for its next request headers",
+    )
     shutdown_delay: float = Field(
         5,
         ge=0,
@@ -74,6 +98,8 @@ class WebhookSettings(Settings):
             raise ValueError("--cert-file and --key-file go together")
         if self.renew_days >= self.cert_days:
             raise ValueError("--renew-days must be shorter than --cert-days")
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError("--max-connections-per-address cannot exceed --max-connections")
         return self
 
     @property
