@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import NODES
 from dra_driver.kube.watch import WatchEvent
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,8 @@ class Labeler:
             return
         name = node["metadata"]["name"]
         try:
-            await self.kube.request(
-                "PATCH",
-                f"/api/v1/nodes/{name}",
-                body=patch_for(node, missing),
-                content_type="application/json-patch+json",
-                query={"fieldManager": FIELD_MANAGER},
+            await self.kube.patch(
+                NODES, name, patch_for(node, missing), kind="json", field_manager=FIELD_MANAGER
             )
         except (errors.InvalidError, errors.ConflictError):
             PATCHES.labels("raced").inc()  # changed since read: the watch shows it again

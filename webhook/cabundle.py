@@ -18,13 +18,9 @@ import jsonpointer
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import MUTATING_WEBHOOK_CONFIGURATIONS
 
 log = logging.getLogger(__name__)
-
-
-def configuration_path(name: str) -> str:
-    """The API path of the MutatingWebhookConfiguration ``name``."""
-    return f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
 
 
 async def read_configuration(kube: KubeClient, *, configuration: str) -> dict[str, Any] | None:
@@ -34,7 +30,7 @@ async def read_configuration(kube: KubeClient, *, configuration: str) -> dict[st
         KubeError: it could not be read.
     """
     try:
-        found: dict[str, Any] = await kube.request("GET", configuration_path(configuration))
+        found: dict[str, Any] = await kube.get(MUTATING_WEBHOOK_CONFIGURATIONS, configuration)
     except errors.NotFoundError:
         log.warning("MutatingWebhookConfiguration %s not found", configuration)
         return None
@@ -64,12 +60,12 @@ async def publish_ca_bundle(kube: KubeClient, *, current: dict[str, Any], ca_pem
     if not patch:
         return False
     configuration = current["metadata"]["name"]
-    await kube.request(
-        "PATCH",
-        configuration_path(configuration),
-        body=patch,
-        content_type="application/json-patch+json",
-        query={"fieldManager": "gvirtus-dra-webhook"},
+    await kube.patch(
+        MUTATING_WEBHOOK_CONFIGURATIONS,
+        configuration,
+        patch,
+        kind="json",
+        field_manager="gvirtus-dra-webhook",
     )
     log.info("published the CA in MutatingWebhookConfiguration %s", configuration)
     return True

@@ -106,20 +106,24 @@ class Templates:
             key = f"{namespace}/{template_name(count)}"
             if key in self.existing.items:
                 continue
-            path = f"/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaimtemplates"
             try:
-                await self.kube.request("GET", f"{path}/{template_name(count)}")
+                await self.kube.get(
+                    RESOURCE_CLAIM_TEMPLATES, template_name(count), namespace=namespace
+                )
             except errors.NotFoundError:
                 body = template(
                     namespace=namespace,
                     count=count,
                     device_class=self.device_class,
                     driver=self.driver,
-                    distinct=count > 1 and await self._keeps_distinct(path, namespace),
+                    distinct=count > 1 and await self._keeps_distinct(namespace),
                 )
                 try:
-                    await self.kube.request(
-                        "POST", path, body=body, query={"fieldManager": "gvirtus-dra-webhook"}
+                    await self.kube.create(
+                        RESOURCE_CLAIM_TEMPLATES,
+                        body,
+                        namespace=namespace,
+                        field_manager="gvirtus-dra-webhook",
                     )
                     CREATED.inc()
                     log.info(
@@ -130,15 +134,15 @@ class Templates:
                     pass  # another replica, or a pod created at the same moment
             self.existing.items[key] = True  # until the watch says otherwise
 
-    async def _keeps_distinct(self, path: str, namespace: str) -> bool:
+    async def _keeps_distinct(self, namespace: str) -> bool:
         """Whether the API server keeps DRAConsumableCapacity fields, asked until it answers.
 
         Raises:
             KubeError: the probe was refused in ``namespace``; nothing is remembered.
         """
         if self._distinct is None:
-            stored = await self.kube.request(
-                "POST", path, body=self._probe(namespace), query={"dryRun": "All"}
+            stored = await self.kube.create(
+                RESOURCE_CLAIM_TEMPLATES, self._probe(namespace), namespace=namespace, dry_run=True
             )
             exactly = stored["spec"]["spec"]["devices"]["requests"][0]["exactly"]
             self._distinct = "capacity" in exactly

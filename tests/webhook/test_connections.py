@@ -20,6 +20,7 @@ import pydantic
 import pytest
 
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import PODS
 from tests.support import objects
 from tests.support.apiserver import APIServer
 from tests.webhook import hostile
@@ -125,8 +126,7 @@ async def test_2000_connections_from_one_pod_keep_no_review_out(
         await until(lambda: _above(guarded, refused, 1000))
         most_files = open_files(guarded)
         created = [
-            await kube.request("POST", "/api/v1/namespaces/gvirtus-demo/pods", body=legacy_pod())
-            for _ in range(5)
+            await kube.create(PODS, legacy_pod(), namespace="gvirtus-demo") for _ in range(5)
         ]
         most_files = max(most_files, open_files(guarded))
         assert tally.live <= PER_ADDRESS
