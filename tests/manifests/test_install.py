@@ -3,9 +3,9 @@
 These tests read the rendered install, not the files: probes, limits and security
 contexts on every container; each component started with flags its own settings
 accept; the kubelet plugin's host paths mounted where it looks for them; the
-backend agents selected by the controller's own default selector; the webhook
-configured as docs/webhook.md explains; and the admission policy that keeps a
-node's plugin to its node, evaluated on sample requests.
+backend agents selected by the controller's own default selector; and the webhook
+configured as docs/webhook.md explains. The admission policies are run on requests
+in test_policies.py.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import celpy
 import pytest
-from celpy import celtypes
 
 from dra_driver import cli, config
 from dra_driver.controller.settings import ControllerSettings
@@ -243,164 +241,6 @@ def test_the_webhook_configuration_matches_what_the_webhook_serves() -> None:
     excluded = hook["namespaceSelector"]["matchExpressions"][0]
     assert excluded["operator"] == "NotIn"
     assert set(excluded["values"]) == {"gvirtus-system", "kube-system"}
-
-
-# -- the admission policy, evaluated -------------------------------------------------------
-
-PLUGIN = "system:serviceaccount:gvirtus-system:gvirtus-dra-kubelet-plugin"
-
-
-def _cel(value: Any) -> Any:
-    return celpy.json_to_cel(value)
-
-
-def admit(request: Obj, obj: Obj | None, old: Obj | None = None) -> list[str]:
-    """The policy's verdict: messages of failed validations (empty: allowed)."""
-    objects = rendered()
-    policy = manifests.pick(objects, "ValidatingAdmissionPolicy")["spec"]
-    environment = celpy.Environment()
-    activation: dict[str, Any] = {
-        "request": _cel(request),
-        "object": _cel(obj),
-        "oldObject": _cel(old),
-    }
-
-    def run(expression: str, names: dict[str, Any]) -> Any:
-        return environment.program(environment.compile(expression)).evaluate(names)
-
-    if not all(run(c["expression"], activation) for c in policy["matchConditions"]):
-        return []
-    variables: dict[str, Any] = {}
-    for variable in policy["variables"]:
-        names = {**activation, "variables": celtypes.MapType(variables)}
-        variables[celtypes.StringType(variable["name"])] = run(variable["expression"], names)
-    names = {**activation, "variables": celtypes.MapType(variables)}
-    failed = []
-    for validation in policy["validations"]:
-        if not run(validation["expression"], names):
-            failed.append(
-                str(run(validation["messageExpression"], names))
-                if "messageExpression" in validation
-                else validation["message"]
-            )
-    return failed
-
-
-def request(
-    *, resource: str, operation: str = "UPDATE", user: str = PLUGIN, node: str | None = "worker-1"
-) -> Obj:
-    extra = {"authentication.kubernetes.io/node-name": [node]} if node else {}
-    return {
-        "operation": operation,
-        "resource": {"group": "resource.k8s.io", "version": "v1", "resource": resource},
-        "userInfo": {"username": user, "extra": extra},
-    }
-
-
-def slice_on(node: str) -> Obj:
-    return {"spec": {"nodeName": node, "driver": "gpu.gvirtus.io"}}
-
-
-def claim_on(node: str | None) -> Obj:
-    selector = (
-        {
-            "nodeSelectorTerms": [
-                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
-            ]
-        }
-        if node
-        else {
-            "nodeSelectorTerms": [
-                {
-                    "matchExpressions": [
-                        {"key": "gvirtus.io/frontend.allowed", "operator": "In", "values": ["true"]}
-                    ]
-                }
-            ]
-        }
-    )
-    return {"status": {"allocation": {"nodeSelector": selector}}}
-
-
-@pytest.mark.parametrize(
-    ("req", "obj", "old", "allowed"),
-    [
-        pytest.param(
-            request(resource="resourceslices", operation="CREATE"),
-            slice_on("worker-1"),
-            None,
-            True,
-            id="own-slice",
-        ),
-        pytest.param(
-            request(resource="resourceslices", operation="CREATE"),
-            slice_on("worker-2"),
-            None,
-            False,
-            id="other-nodes-slice",
-        ),
-        pytest.param(
-            request(resource="resourceslices", operation="DELETE"),
-            None,
-            slice_on("worker-2"),
-            False,
-            id="deleting-other-nodes-slice",
-        ),
-        pytest.param(
-            request(resource="resourceslices", operation="CREATE"),
-            {"spec": {"allNodes": True}},
-            None,
-            False,
-            id="cluster-wide-slice",
-        ),
-        pytest.param(
-            request(resource="resourceclaims"),
-            claim_on("worker-1"),
-            claim_on("worker-1"),
-            True,
-            id="own-nodes-claim",
-        ),
-        pytest.param(
-            request(resource="resourceclaims"),
-            claim_on("worker-2"),
-            claim_on("worker-2"),
-            False,
-            id="other-nodes-claim",
-        ),
-        pytest.param(
-            request(resource="resourceclaims"),
-            claim_on(None),
-            claim_on(None),
-            False,
-            id="label-selected-claim",
-        ),
-        pytest.param(
-            request(resource="resourceslices", operation="CREATE", node=None),
-            slice_on("worker-1"),
-            None,
-            False,
-            id="token-without-node",
-        ),
-        pytest.param(
-            request(
-                resource="resourceclaims",
-                user="system:serviceaccount:gvirtus-system:gvirtus-dra-controller",
-            ),
-            claim_on(None),
-            claim_on(None),
-            True,
-            id="controller-untouched",
-        ),
-    ],
-)
-def test_a_nodes_plugin_may_write_only_for_its_node(
-    req: Obj, obj: Obj | None, old: Obj | None, allowed: bool
-) -> None:
-    failed = admit(req, obj, old)
-
-    assert (failed == []) is allowed, failed
-    if not allowed:
-        assert all("kubelet plugin" in message for message in failed)
 
 
 def _settings_of(objects: list[Obj], name: str, root: pathlib.Path) -> Any:
