@@ -34,7 +34,7 @@ CONTROLLER_POLICY = "gvirtus-dra-controller-scope"
 LABELER_POLICY = "gvirtus-dra-labeler-scope"
 NODE_POLICY = "gvirtus-dra-backend-opt-in-by-admin"
 PLUGIN_POLICY = "gvirtus-dra-kubelet-plugin-read-only"
-POLICIES = (PLUGIN_POLICY,)
+POLICIES = (SLICES_POLICY, PLUGIN_POLICY)
 BACKEND_LABEL = "gvirtus.io/backend.allowed"
 FRONTEND_LABEL = "gvirtus.io/frontend.allowed"
 
@@ -340,6 +340,88 @@ def test_every_policy_is_installed_bound_to_deny_and_failing_closed() -> None:
             assert rule["apiVersions"] == ["*"], f"{name}: every version of {rule['resources']}"
 
 
+# -- only the controller defines this driver's devices -------------------------------------
+
+WRITES_SLICES = {"controller"}
+DELETES_SLICES = {"controller", "garbage-collector"}
+
+
+def _orphan(slice_: Obj) -> None:
+    slice_["metadata"].pop("ownerReferences")
+
+
+SLICE_TABLE = [
+    *[creates(w, SLICE, w in WRITES_SLICES, f"{w}-creates") for w in IDENTITIES],
+    *[updates(w, moved(SLICE), SLICE, w in WRITES_SLICES, f"{w}-moves") for w in IDENTITIES],
+    *[deletes(w, SLICE, w in DELETES_SLICES, f"{w}-deletes") for w in IDENTITIES],
+    # Orphaning a deleted Node's dependents takes their owner references away.
+    updates("garbage-collector", edited(SLICE, _orphan), SLICE, True, "collector-orphans"),
+    updates("admin", edited(SLICE, _orphan), SLICE, False, "admin-orphans"),
+    updates("node", our_slice(driver=OTHER_DRIVER), SLICE, False, "node-changes-driver-away"),
+    updates("admin", SLICE, our_slice(driver=OTHER_DRIVER), False, "admin-changes-driver-to-ours"),
+    creates("controller", SLICE, True, "controller-through-v1beta2", version="v1beta2"),
+    creates("admin", SLICE, False, "admin-through-v1beta1", version="v1beta1"),
+    # Other drivers' slices are their business.
+    creates("node", OTHERS, True, "node-publishes-other-driver"),
+    deletes("node", OTHERS, True, "node-deletes-other-driver"),
+    updates("admin", moved(OTHERS), OTHERS, True, "admin-edits-other-driver"),
+    creates("plugin", OTHERS, True, "plugin-other-driver"),
+    deletes("labeler", OTHERS, True, "labeler-other-driver"),
+]
+
+
+@pytest.mark.parametrize(("who", "req", "allowed"), SLICE_TABLE)
+def test_only_the_controller_writes_this_drivers_slices(who: str, req: Obj, allowed: bool) -> None:
+    answer = check(SLICES_POLICY, req, allowed)
+
+    for message in answer.refusals:
+        assert message.startswith("only the gvirtus-dra controller ")
+        assert f"not {IDENTITIES[who]['username']}:" in message, "names who was refused"
+    if answer.refusals and req["operation"] == "DELETE":
+        assert "--as=system:serviceaccount:gvirtus-system:gvirtus-dra-controller" in message
+        assert "docs/security.md" in message
+
+
+def _own_node(slice_: Obj) -> None:
+    del slice_["spec"]["nodeSelector"]
+    slice_["spec"]["nodeName"] = "worker-1"
+
+
+def _all_nodes(slice_: Obj) -> None:
+    del slice_["spec"]["nodeSelector"]
+    slice_["spec"]["allNodes"] = True
+
+
+def _newer_pool(slice_: Obj) -> None:
+    slice_["metadata"]["name"] = "gpu.gvirtus.io-backend-node-a-x"
+    slice_["spec"]["pool"]["generation"] = 100
+
+
+def _other_owner(slice_: Obj) -> None:
+    slice_["metadata"]["ownerReferences"][0] |= {"name": "worker-1", "uid": "9c1d"}
+    slice_["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "kubelet"}
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(_own_node, id="own-node-nodeName"),
+        pytest.param(_all_nodes, id="allNodes"),
+        pytest.param(_newer_pool, id="same-pool-generation-100"),
+        pytest.param(_other_owner, id="other-owner-and-labels"),
+    ],
+)
+@pytest.mark.parametrize("version", ["v1", "v1beta1", "v1beta2"])
+def test_a_slice_forged_with_a_nodes_credentials_is_refused(
+    forge: Callable[[Obj], None], version: str
+) -> None:
+    forged = edited(moved(SLICE), forge)
+    answers = verdicts(request("node", "CREATE", new=forged, version=version))
+
+    assert {name: a.errors for name, a in answers.items() if a.errors} == {}
+    assert [name for name, a in answers.items() if not a.allowed] == [SLICES_POLICY]
+
+
 # -- the kubelet plugin writes nothing -----------------------------------------------------
 
 PLUGIN_TABLE = [
@@ -369,6 +451,7 @@ def test_the_kubelet_plugin_writes_nothing(who: str, req: Obj, allowed: bool) ->
 # -- the tables themselves -----------------------------------------------------------------
 
 TABLES = {
+    SLICES_POLICY: SLICE_TABLE,
     PLUGIN_POLICY: PLUGIN_TABLE,
 }
 
