@@ -34,7 +34,7 @@ CONTROLLER_POLICY = "gvirtus-dra-controller-scope"
 LABELER_POLICY = "gvirtus-dra-labeler-scope"
 NODE_POLICY = "gvirtus-dra-backend-opt-in-by-admin"
 PLUGIN_POLICY = "gvirtus-dra-kubelet-plugin-read-only"
-POLICIES = (SLICES_POLICY, PLUGIN_POLICY)
+POLICIES = (SLICES_POLICY, CONTROLLER_POLICY, LABELER_POLICY, PLUGIN_POLICY)
 BACKEND_LABEL = "gvirtus.io/backend.allowed"
 FRONTEND_LABEL = "gvirtus.io/frontend.allowed"
 
@@ -422,6 +422,76 @@ def test_a_slice_forged_with_a_nodes_credentials_is_refused(
     assert [name for name, a in answers.items() if not a.allowed] == [SLICES_POLICY]
 
 
+# -- the controller keeps to its own -------------------------------------------------------
+
+
+CONTROLLER_TABLE = [
+    creates("controller", SLICE, True, "creates-ours"),
+    updates("controller", moved(SLICE), SLICE, True, "updates-ours"),
+    deletes("controller", SLICE, True, "deletes-ours"),
+    creates("controller", OTHERS, False, "creates-other-drivers"),
+    updates("controller", moved(OTHERS), OTHERS, False, "updates-other-drivers"),
+    deletes("controller", OTHERS, False, "deletes-other-drivers"),
+    updates("controller", our_slice(driver=OTHER_DRIVER), SLICE, False, "gives-ours-away"),
+    creates("controller", ACCESS, True, "creates-access-list"),
+    updates("controller", ACCESS, ACCESS, True, "updates-access-list"),
+    deletes("controller", ACCESS, True, "deletes-access-list"),
+    updates("controller", OWN_CONFIG, OWN_CONFIG, False, "rewrites-own-config"),
+    deletes("controller", KUBE_PROXY, False, "deletes-kube-proxy"),
+    creates("controller", ELSEWHERE, False, "access-list-in-another-namespace"),
+    updates("admin", OWN_CONFIG, OWN_CONFIG, True, "admin-untouched"),
+    creates("node", OTHERS, True, "node-untouched"),
+    deletes("garbage-collector", OTHERS, True, "collector-untouched"),
+    creates("labeler", KUBE_PROXY, True, "labeler-untouched"),
+    updates("plugin", ACCESS, ACCESS, True, "plugin-untouched"),
+]
+
+
+@pytest.mark.parametrize(("who", "req", "allowed"), CONTROLLER_TABLE)
+def test_the_controller_writes_only_its_own_slices_and_config_maps(
+    who: str, req: Obj, allowed: bool
+) -> None:
+    answer = check(CONTROLLER_POLICY, req, allowed)
+
+    assert answer.matched is (who == "controller"), "other identities are other policies' matter"
+
+
+# -- the labeler adds default labels, nothing else -----------------------------------------
+
+
+LABELER_TABLE = [
+    updates("labeler", by_the_labeler(BARE), BARE, True, "adds-both-defaults"),
+    updates("labeler", by_the_labeler(UNLABELLED), UNLABELLED, True, "labels-unlabelled-node"),
+    updates("labeler", by_the_labeler(OPTED_OUT), OPTED_OUT, True, "adds-the-missing-one"),
+    updates("labeler", WITH_ZONE, DEFAULTED, True, "adds-another-gvirtus-label"),
+    updates("labeler", BACKEND_ONLY, BARE, False, "opts-a-node-in"),
+    updates("labeler", NO_FRONTEND, DEFAULTED, False, "overwrites-a-value"),
+    updates("labeler", NO_FRONTEND_LABEL, DEFAULTED, False, "removes-a-label"),
+    updates("labeler", WITH_ROLE, DEFAULTED, False, "adds-another-prefix"),
+    updates("labeler", edited(DEFAULTED, _annotate), DEFAULTED, False, "annotates"),
+    updates("labeler", edited(DEFAULTED, _taint), DEFAULTED, False, "taints"),
+    updates("labeler", edited(SPECLESS, _taint), SPECLESS, False, "gives-a-spec"),
+    updates("labeler", edited(DEFAULTED, _cordon), DEFAULTED, False, "cordons"),
+    updates("labeler", edited(DEFAULTED, _finalize), DEFAULTED, False, "adds-a-finalizer"),
+    updates("labeler", by_the_labeler(BARE), BARE, False, "labels-through-status", **STATUS),
+    creates("labeler", DEFAULTED, False, "creates-a-node"),
+    deletes("labeler", DEFAULTED, False, "deletes-a-node"),
+    updates("admin", edited(DEFAULTED, _taint), DEFAULTED, True, "admin-untouched"),
+    updates("node", edited(DEFAULTED, _annotate), DEFAULTED, True, "node-untouched"),
+    updates("controller", edited(DEFAULTED, _cordon), DEFAULTED, True, "controller-untouched"),
+    deletes("garbage-collector", DEFAULTED, True, "collector-untouched"),
+    updates("plugin", WITH_ROLE, DEFAULTED, True, "plugin-untouched"),
+]
+
+
+@pytest.mark.parametrize(("who", "req", "allowed"), LABELER_TABLE)
+def test_the_labeler_only_adds_default_labels(who: str, req: Obj, allowed: bool) -> None:
+    answer = check(LABELER_POLICY, req, allowed)
+
+    assert answer.matched is (who == "labeler")
+    assert all(message.startswith("the gvirtus-dra labeler ") for message in answer.refusals)
+
+
 # -- the kubelet plugin writes nothing -----------------------------------------------------
 
 PLUGIN_TABLE = [
@@ -452,6 +522,8 @@ def test_the_kubelet_plugin_writes_nothing(who: str, req: Obj, allowed: bool) ->
 
 TABLES = {
     SLICES_POLICY: SLICE_TABLE,
+    CONTROLLER_POLICY: CONTROLLER_TABLE,
+    LABELER_POLICY: LABELER_TABLE,
     PLUGIN_POLICY: PLUGIN_TABLE,
 }
 
