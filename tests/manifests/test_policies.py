@@ -34,7 +34,7 @@ CONTROLLER_POLICY = "gvirtus-dra-controller-scope"
 LABELER_POLICY = "gvirtus-dra-labeler-scope"
 NODE_POLICY = "gvirtus-dra-backend-opt-in-by-admin"
 PLUGIN_POLICY = "gvirtus-dra-kubelet-plugin-read-only"
-POLICIES = (SLICES_POLICY, CONTROLLER_POLICY, LABELER_POLICY, PLUGIN_POLICY)
+POLICIES = (SLICES_POLICY, CONTROLLER_POLICY, LABELER_POLICY, NODE_POLICY, PLUGIN_POLICY)
 BACKEND_LABEL = "gvirtus.io/backend.allowed"
 FRONTEND_LABEL = "gvirtus.io/frontend.allowed"
 
@@ -492,6 +492,48 @@ def test_the_labeler_only_adds_default_labels(who: str, req: Obj, allowed: bool)
     assert all(message.startswith("the gvirtus-dra labeler ") for message in answer.refusals)
 
 
+# -- a node cannot make itself a backend ---------------------------------------------------
+
+
+NODE_TABLE = [
+    creates("node", BARE, True, "registers"),
+    creates("node", UNLABELLED, True, "registers-unlabelled"),
+    creates("node", OPTED_OUT, True, "registers-as-no-frontend"),
+    creates("node", OPTED_IN, False, "registers-opted-in"),
+    creates("node", DEFAULTED, False, "registers-opted-out"),
+    updates("node", edited(OPTED_IN, _heartbeat), OPTED_IN, True, "backend-reports", **STATUS),
+    updates("node", edited(UNLABELLED, _heartbeat), UNLABELLED, True, "bare-reports", **STATUS),
+    updates("node", NO_FRONTEND, DEFAULTED, True, "changes-another-label"),
+    updates("node", OPTED_IN, DEFAULTED, False, "opts-itself-in"),
+    updates("node", BACKEND_ONLY, BARE, False, "sets-the-label"),
+    updates("node", DEFAULTED, OPTED_IN, False, "changes-the-label"),
+    updates("node", labelled(OPTED_IN, {BACKEND_LABEL: None}), OPTED_IN, False, "removes-it"),
+    updates("node", OPTED_IN, DEFAULTED, False, "opts-in-through-status", **STATUS),
+    updates("admin", OPTED_IN, DEFAULTED, True, "admin-opts-a-node-in"),
+    updates("labeler", by_the_labeler(BARE), BARE, True, "labeler-adds-the-default"),
+    updates("controller", OPTED_IN, DEFAULTED, True, "controller-untouched"),
+    updates("garbage-collector", OPTED_IN, DEFAULTED, True, "collector-untouched"),
+    updates("plugin", OPTED_IN, DEFAULTED, True, "plugin-untouched"),
+]
+
+
+@pytest.mark.parametrize(("who", "req", "allowed"), NODE_TABLE)
+def test_a_node_cannot_opt_itself_in_as_a_backend(who: str, req: Obj, allowed: bool) -> None:
+    answer = check(NODE_POLICY, req, allowed)
+
+    assert answer.matched is (who == "node")
+    for message in answer.refusals:
+        assert message.startswith("system:node:worker-1 may not set, change or remove")
+        assert "kubectl label node NODE gvirtus.io/backend.allowed=true --overwrite" in message
+
+
+def test_any_member_of_system_nodes_counts_as_a_node() -> None:
+    req = request("node", "UPDATE", new=OPTED_IN, old=DEFAULTED)
+    req["userInfo"]["username"] = "node-bootstrapper"
+
+    check(NODE_POLICY, req, False)
+
+
 # -- the kubelet plugin writes nothing -----------------------------------------------------
 
 PLUGIN_TABLE = [
@@ -524,6 +566,7 @@ TABLES = {
     SLICES_POLICY: SLICE_TABLE,
     CONTROLLER_POLICY: CONTROLLER_TABLE,
     LABELER_POLICY: LABELER_TABLE,
+    NODE_POLICY: NODE_TABLE,
     PLUGIN_POLICY: PLUGIN_TABLE,
 }
 
