@@ -18,7 +18,7 @@ import pytest
 from dra_driver import cli, config
 from dra_driver.controller.settings import ControllerSettings
 from dra_driver.plugin.settings import PluginSettings
-from tests.support import manifests, selectors
+from tests.support import manifests, rbac, selectors
 
 Obj = dict[str, Any]
 WORKLOADS = ("Deployment", "DaemonSet")
@@ -217,6 +217,85 @@ def test_the_kubelet_plugin_may_write_nothing() -> None:
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
 
     assert verbs <= {"get", "list", "watch"}
+
+
+def _grants(objects: list[Obj], account: str) -> list[str]:
+    """What the install grants a ServiceAccount of gvirtus-system, one verb per line."""
+    held = rbac.permissions(objects, account=account, namespace="gvirtus-system")
+    scoped = [("cluster", r) for r in held.cluster] + [
+        (namespace, r) for namespace, rules in held.namespaced.items() for r in rules
+    ]
+    return sorted(
+        f"{where}: {verb} {group or 'core'}/{resource}"
+        + (f" {','.join(rule['resourceNames'])}" if rule.get("resourceNames") else "")
+        for where, rule in scoped
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    )
+
+
+# What each component does, as its code and the RBAC audit of the suite show; a
+# grant beyond it is a grant a stolen token could use. Widening a role means
+# widening this table in the same change, and saying why.
+LEAST_PRIVILEGE = {
+    "gvirtus-dra-controller": [
+        "cluster: arbitrary-node:patch resource.k8s.io/resourceclaims/driver gpu.gvirtus.io",
+        "cluster: create core/events",
+        "cluster: create resource.k8s.io/resourceslices",
+        "cluster: delete resource.k8s.io/resourceslices",
+        "cluster: get resource.k8s.io/resourceslices",
+        "cluster: list core/nodes",
+        "cluster: list core/pods",
+        "cluster: list resource.k8s.io/resourceclaims",
+        "cluster: list resource.k8s.io/resourceslices",
+        "cluster: patch resource.k8s.io/resourceclaims/status",
+        "cluster: update resource.k8s.io/resourceslices",
+        "cluster: watch core/nodes",
+        "cluster: watch core/pods",
+        "cluster: watch resource.k8s.io/resourceclaims",
+        "cluster: watch resource.k8s.io/resourceslices",
+        "gvirtus-system: create coordination.k8s.io/leases",
+        "gvirtus-system: get coordination.k8s.io/leases gvirtus-dra-controller",
+        "gvirtus-system: update coordination.k8s.io/leases gvirtus-dra-controller",
+    ],
+    "gvirtus-dra-kubelet-plugin": [
+        "cluster: get core/nodes",
+        "cluster: get resource.k8s.io/resourceclaims",
+        "cluster: list resource.k8s.io/resourceslices",
+        "cluster: watch resource.k8s.io/resourceslices",
+    ],
+    "gvirtus-dra-labeler": [
+        "cluster: list core/nodes",
+        "cluster: patch core/nodes",
+        "cluster: watch core/nodes",
+    ],
+    "gvirtus-dra-webhook": [
+        "cluster: create resource.k8s.io/resourceclaimtemplates",
+        "cluster: get admissionregistration.k8s.io/mutatingwebhookconfigurations"
+        " gvirtus-dra-webhook",
+        "cluster: get resource.k8s.io/resourceclaimtemplates",
+        "cluster: list resource.k8s.io/resourceclaimtemplates",
+        "cluster: patch admissionregistration.k8s.io/mutatingwebhookconfigurations"
+        " gvirtus-dra-webhook",
+        "cluster: watch resource.k8s.io/resourceclaimtemplates",
+        "gvirtus-system: create core/secrets",
+        "gvirtus-system: get core/secrets gvirtus-dra-webhook-tls",
+        "gvirtus-system: update core/secrets gvirtus-dra-webhook-tls",
+    ],
+    "gvirtus-dra-backend-agent": [],
+}
+
+
+@pytest.mark.parametrize("account", sorted(LEAST_PRIVILEGE))
+def test_each_component_holds_only_what_it_uses(account: str) -> None:
+    assert _grants(rendered(), account) == LEAST_PRIVILEGE[account]
+
+
+def test_every_account_of_the_install_is_held_to_its_least_privilege() -> None:
+    accounts = {o["metadata"]["name"] for o in rendered() if o["kind"] == "ServiceAccount"}
+
+    assert accounts == set(LEAST_PRIVILEGE)
 
 
 def test_the_webhook_configuration_matches_what_the_webhook_serves() -> None:
