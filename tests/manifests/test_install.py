@@ -257,7 +257,7 @@ LEAST_PRIVILEGE = {
         "cluster: watch resource.k8s.io/resourceslices",
         "gvirtus-system: create coordination.k8s.io/leases",
         "gvirtus-system: get coordination.k8s.io/leases gvirtus-dra-controller",
-        "gvirtus-system: update coordination.k8s.io/leases gvirtus-dra-controller",
+        "gvirtus-system: patch coordination.k8s.io/leases gvirtus-dra-controller",
     ],
     "gvirtus-dra-kubelet-plugin": [
         "cluster: get core/nodes",
