@@ -7,7 +7,7 @@ import pathlib
 from pydantic import Field, model_validator
 
 from dra_driver import DEFAULT_DRIVER_NAME
-from dra_driver.config import Settings
+from dra_driver.config import DriverName, NamespaceName, Settings
 
 
 class WebhookSettings(Settings):
@@ -18,7 +18,7 @@ class WebhookSettings(Settings):
     metrics_port: int = Field(
         9453, ge=0, le=65535, description="port of /metrics, /healthz, /readyz (0: off)"
     )
-    namespace: str = Field(
+    namespace: NamespaceName = Field(
         "gvirtus-system", description="namespace of the webhook's Service and Secret"
     )
     service: str = Field("gvirtus-dra-webhook", description="Service the API server calls")
@@ -47,7 +47,9 @@ class WebhookSettings(Settings):
         description="kubeconfig file; unset means the pod's service account",
         json_schema_extra={"env_aliases": ["KUBECONFIG"]},
     )
-    driver_name: str = Field(DEFAULT_DRIVER_NAME, description="DRA driver of the converted claims")
+    driver_name: DriverName = Field(
+        DEFAULT_DRIVER_NAME, description="DRA driver of the converted claims"
+    )
     device_class: str = Field("gpu.gvirtus.io", description="DeviceClass converted claims ask for")
     max_gpus: int = Field(
         16, ge=1, le=1024, description="most nvidia.com/gpu one container may ask for"

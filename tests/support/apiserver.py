@@ -51,6 +51,7 @@ import pathlib
 import random
 import re
 import secrets
+import shutil
 import ssl
 import threading
 import time
@@ -913,6 +914,8 @@ class APIServer:
         key_file.write_bytes(serving.key_pem)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
+        if self._tls_dir is None:  # a folder of our own: leave no private key behind
+            shutil.rmtree(folder, ignore_errors=True)
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_route("*", "/api/{version}/{rest:.*}", self._handle_core)
         app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self._handle_group)
