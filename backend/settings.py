@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 import pathlib
 
 from pydantic import Field, field_validator, model_validator
 
 from dra_driver import gvirtus
 from dra_driver.addresses import RoutableIPv4
-from dra_driver.config import Settings, absolute_path, dns_subdomain
+from dra_driver.config import (
+    AbsolutePath,
+    ByteQuantity,
+    IPv4Address,
+    NamespaceName,
+    NodeName,
+    Settings,
+)
 from dra_driver.models import AccessMode, GVirtuSLogLevel
-from dra_driver.quantity import parse_bytes
 
 AGENT_PORT = 9450
 BACKEND_BASE_PORT = 9999
@@ -20,12 +25,12 @@ BACKEND_BASE_PORT = 9999
 class AgentSettings(Settings):
     """Flags (and ``--config`` file keys) of the backend agent."""
 
-    node_name: str = Field(description="name of this node (downward API spec.nodeName)")
+    node_name: NodeName = Field(description="name of this node (downward API spec.nodeName)")
     address: RoutableIPv4 = Field(
         description="IPv4 address frontends use to reach this node's backends "
         "(downward API status.hostIP with hostNetwork)"
     )
-    bind_address: str = Field(
+    bind_address: IPv4Address = Field(
         "0.0.0.0", description="address the HTTP API and simulated backends listen on"
     )
     port: int = Field(AGENT_PORT, ge=1, le=65535, description="port of the HTTP API")
@@ -35,7 +40,7 @@ class AgentSettings(Settings):
         le=65535,
         description="port of GPU 0's backend; GPU i uses base + i",
     )
-    gvirtus_home: pathlib.Path = Field(
+    gvirtus_home: AbsolutePath = Field(
         pathlib.Path("/usr/local/gvirtus"), description="GVirtuS installation"
     )
     gvirtus_backend: pathlib.Path | None = Field(
@@ -48,7 +53,7 @@ class AgentSettings(Settings):
     gvirtus_log_level: GVirtuSLogLevel = Field(
         GVirtuSLogLevel.INFO, description="log level of the backends"
     )
-    state_dir: pathlib.Path = Field(
+    state_dir: AbsolutePath = Field(
         pathlib.Path("/var/run/gvirtus-dra-agent"),
         description="where generated backend files are kept",
     )
@@ -99,7 +104,7 @@ class AgentSettings(Settings):
     simulate_model: str = Field(
         "NVIDIA H100 80GB HBM3", description="product name of simulated GPUs"
     )
-    simulate_memory: str = Field("80Gi", description="memory of each simulated GPU")
+    simulate_memory: ByteQuantity = Field("80Gi", description="memory of each simulated GPU")
     simulate_driver_version: str = Field(
         "580.65.06", description="driver version of simulated GPUs"
     )
@@ -110,7 +115,7 @@ class AgentSettings(Settings):
         "needs NET_ADMIN and the node's access list); off: anyone who reaches a backend "
         "port uses its GPU (warned about at start, every ten minutes and as a Node event)",
     )
-    namespace: str = Field(
+    namespace: NamespaceName = Field(
         "gvirtus-system",
         description="namespace of the access lists the controller publishes "
         "(ConfigMap gvirtus-dra-access-<node>)",
@@ -125,27 +130,6 @@ class AgentSettings(Settings):
         None, description="YAML file with any of these settings (camelCase keys)"
     )
 
-    @field_validator("node_name")
-    @classmethod
-    def _node_name(cls, value: str) -> str:
-        return dns_subdomain(value, what="node name")
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, value: str) -> str:
-        return dns_subdomain(value, what="namespace", max_length=63)
-
-    @field_validator("bind_address")
-    @classmethod
-    def _bind_address(cls, value: str) -> str:
-        ipaddress.IPv4Address(value)
-        return value
-
-    @field_validator("gvirtus_home", "state_dir")
-    @classmethod
-    def _absolute(cls, value: pathlib.Path) -> pathlib.Path:
-        return absolute_path(value)
-
     @field_validator("plugins")
     @classmethod
     def _plugins(cls, value: str) -> str:
@@ -153,13 +137,6 @@ class AgentSettings(Settings):
         if not names or any(not n.isalnum() for n in names):
             raise ValueError("must name one or more plugins, e.g. cudart,cublas")
         return ",".join(names)
-
-    @field_validator("simulate_memory")
-    @classmethod
-    def _memory(cls, value: str) -> str:
-        if parse_bytes(value) <= 0:
-            raise ValueError("must be more than zero")
-        return value
 
     @model_validator(mode="after")
     def _ports_fit(self) -> AgentSettings:

@@ -33,6 +33,7 @@ from prometheus_client import Counter
 
 from backend.gpus import GPUInfo
 from dra_driver import files, gvirtus
+from dra_driver.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +175,15 @@ class BackendProcess:
             self.last_exit = why
 
     async def _supervise(self) -> None:
-        delay = self.command.backoff_initial
+        delays = Backoff(initial=self.command.backoff_initial, maximum=self.command.backoff_max)
         while True:
             self.started_at = time.monotonic()
             await self._run_once()
             if time.monotonic() - self.started_at >= self.command.stable_after:
-                delay = self.command.backoff_initial
+                delays.reset()
             request, self._request = self._request, None
             self._requested.clear()
-            reason, wait = (request[0], 0.0) if request else (EXITED, delay)
+            reason, wait = (request[0], 0.0) if request else (EXITED, delays.next())
             log.warning(
                 "gvirtus-backend for GPU %d %s; starting it again in %.1fs",
                 self.gpu.index,
@@ -191,8 +192,6 @@ class BackendProcess:
                 extra={"gpu": self.gpu.index, "port": self.port, "reason": reason},
             )
             await asyncio.sleep(wait)
-            if not request:
-                delay = min(delay * 2, self.command.backoff_max)
             self._count_restart(reason)
 
     def _count_restart(self, reason: str) -> None:

@@ -35,12 +35,11 @@ from aiohttp import web
 
 from bench.measure import cpu_seconds, percentile, rss_mib
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.lifecycle import raise_file_limit
 from dra_driver.models import GPU, GPUHealth, GPULoad, Inventory
 from tests.support import objects
 from tests.support.processes import free_port, standalone_apiserver
-
-SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 
 
 def loopback(index: int) -> str:
@@ -123,13 +122,7 @@ class SliceWatch:
 
     async def run(self, resource_version: str) -> None:
         async for event in self.kube.watch(
-            SLICES,
-            query={
-                "resourceVersion": resource_version,
-                "allowWatchBookmarks": "true",
-                "timeoutSeconds": 3600,
-            },
-            timeout=3600,
+            RESOURCE_SLICES, resource_version=resource_version, timeout_seconds=3600
         ):
             obj = event["object"]
             if event["type"] == "BOOKMARK":
@@ -179,7 +172,7 @@ async def run(*, nodes: int, gpus: int, trials: int, quiet: float) -> dict[str, 
         while not (root / "kubeconfig").exists():
             await asyncio.sleep(0.05)
         kube = await KubeClient.connect(kubeconfig=root / "kubeconfig", component="bench")
-        listed = await kube.request("GET", SLICES)
+        listed = await kube.list(RESOURCE_SLICES)
         watch = SliceWatch(kube)
         watching = asyncio.create_task(watch.run(listed["metadata"]["resourceVersion"]))
         started = time.perf_counter()

@@ -13,6 +13,12 @@ review), it reports latency p50/p99, reviews per second, and the webhook's CPU t
 per review; then the webhook's memory. The client is a minimal HTTP/1.1 writer over
 ``asyncio`` TLS streams, so it costs less than the server it measures.
 
+A last row repeats 16 kept-alive clients while 2,000 other connections from 20
+loopback addresses are held open without a request (a third each: TCP only, TLS
+handshake done, request headers a byte at a time; each reopened a second after the
+webhook closes it): the webhook's latency, its peak memory against the pod's
+256 MiB limit, and how many connections it turned away.
+
 The yardstick, quoted (its Flask server is not run here): the gvirtus-kai webhook
 serves about 220 admissions/s with p99 about 100 ms at 16 clients on one core.
 
@@ -29,6 +35,7 @@ import os
 import pathlib
 import shutil
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +48,8 @@ from tests.support import manifests, objects
 from tests.support.processes import WebhookProcess, standalone_apiserver
 
 YARDSTICK = {"reviews_per_second": 220, "p99_ms": 100, "clients": 16}
+MEMORY_LIMIT_MIB = 256
+HELD, HELD_FROM = 2000, 20
 SERVER_NAME = "gvirtus-dra-webhook.gvirtus-system.svc"
 CLIENTS = (1, 16, 64)
 
@@ -87,9 +96,17 @@ async def _exchange(
         raise RuntimeError(f"unexpected answer: {head[:40]!r} {body[:200]!r}")
 
 
-async def _client(target: Target, *, keep_alive: bool, until: float, out: list[float]) -> None:
+async def _client(
+    target: Target,
+    *,
+    keep_alive: bool,
+    until: float,
+    out: list[float],
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+) -> None:
     request = target.request(keep_alive=keep_alive)
-    connection = await target.connect() if keep_alive else None
+    if keep_alive and connection is None:
+        connection = await target.connect()
     try:
         while time.perf_counter() < until:
             started = time.perf_counter()
@@ -133,6 +150,84 @@ async def scenario(
     }
 
 
+async def under_held_connections(
+    target: Target, *, webhook: WebhookProcess, seconds: float, ca_file: pathlib.Path
+) -> dict[str, Any]:
+    """16 kept-alive clients while :data:`HELD` idle and slow connections are held.
+
+    The holders run in a process of their own, so they never slow the clients down.
+    """
+    clients = YARDSTICK["clients"]
+    connections = [await target.connect() for _ in range(clients)]
+    settle = 2.0
+    holders = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.webhook.hostile",
+            f"--port={target.port}",
+            f"--ca-file={ca_file}",
+            f"--count={HELD}",
+            f"--addresses={HELD_FROM}",
+            f"--seconds={settle + seconds + 1}",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    stop = asyncio.Event()
+    peak = [rss_mib(webhook.proc.pid)]
+    sampler = asyncio.create_task(_sample_rss(webhook.proc.pid, peak, stop))
+    await asyncio.sleep(settle)  # the holders connect, and the webhook fills its cap
+    samples: list[float] = []
+    cpu_before, started = cpu_seconds(webhook.proc.pid), time.perf_counter()
+    await asyncio.gather(
+        *(
+            _client(target, keep_alive=True, until=started + seconds, out=samples, connection=c)
+            for c in connections
+        )
+    )
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(webhook.proc.pid) - cpu_before
+    metrics = await _metrics(webhook.metrics_port)
+    out, _ = await asyncio.to_thread(holders.communicate, timeout=120)
+    stop.set()
+    await sampler
+    tally = json.loads(out)
+    return {
+        "clients": clients,
+        "keep_alive": True,
+        "held": HELD,
+        "held_from_addresses": HELD_FROM,
+        **summary(samples),
+        "reviews_per_second": round(len(samples) / elapsed, 1),
+        "webhook_cpu_ms_per_review": round(cpu / len(samples) * 1000, 3),
+        "rss_peak_mib": round(max(peak), 1),
+        "open_connections": metrics.get("gvirtus_dra_webhook_connections", 0.0),
+        "refused": sum(v for k, v in metrics.items() if k.startswith(_REFUSED)),
+        "dropped_without_request": metrics.get(_NO_REQUEST, 0.0),
+        "holders": tally,
+    }
+
+
+_REFUSED = "gvirtus_dra_webhook_connections_refused_total"
+_NO_REQUEST = 'gvirtus_dra_webhook_connections_dropped_total{reason="no_request"}'
+
+
+async def _sample_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        peak.append(rss_mib(pid))
+        await asyncio.sleep(0.1)
+
+
+async def _metrics(port: int) -> dict[str, float]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as got:
+        text = await got.text()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gvirtus_dra_webhook_connections")
+    }
+
+
 def _pin(pid: int, cpus: set[int]) -> bool:
     try:
         os.sched_setaffinity(pid, cpus)
@@ -158,7 +253,9 @@ async def run(*, seconds: float) -> dict[str, Any]:
         pinned = _pin(webhook.proc.pid, webhook_cpus)
         await webhook.ready()
         kubeconfig = json.loads((root / "kubeconfig").read_text())
-        target = Target(port=webhook.port, ca_pem=await _ca(kubeconfig), body=_review())
+        ca_pem = await _ca(kubeconfig)
+        (root / "ca.crt").write_text(ca_pem)
+        target = Target(port=webhook.port, ca_pem=ca_pem, body=_review())
         idle_rss = rss_mib(webhook.proc.pid)
         results = [
             await scenario(
@@ -171,10 +268,14 @@ async def run(*, seconds: float) -> dict[str, Any]:
             for keep_alive in (True, False)
             for clients in CLIENTS
         ]
+        held = await under_held_connections(
+            target, webhook=webhook, seconds=seconds, ca_file=root / "ca.crt"
+        )
         return {
             "machine": {"cpus": len(cpus), "webhook_pinned_to_one_cpu": pinned},
             "seconds_per_scenario": seconds,
             "scenarios": results,
+            "held": held,
             "rss_mib": {"idle": round(idle_rss, 1), "after": round(rss_mib(webhook.proc.pid), 1)},
             "yardstick": YARDSTICK,
         }
@@ -220,7 +321,16 @@ def render(results: dict[str, Any]) -> str:
     at = next(
         r for r in results["scenarios"] if r["keep_alive"] and r["clients"] == yardstick["clients"]
     )
+    held = results["held"]
     lines += [
+        f"  on          {held['clients']:>4}   {held['p50_ms']:>9.2f} {held['p99_ms']:>9.2f}   "
+        f"{held['reviews_per_second']:>9.1f}   {held['webhook_cpu_ms_per_review']:>8.3f}"
+        f"   while {held['held']:,} idle and slow connections from "
+        f"{held['held_from_addresses']} addresses are held",
+        f"    webhook RSS peak {held['rss_peak_mib']:.1f} MiB (pod limit {MEMORY_LIMIT_MIB} MiB); "
+        f"{held['open_connections']:.0f} connections open at the end, "
+        f"{held['refused']:,.0f} turned away at accept, "
+        f"{held['dropped_without_request']:,.0f} closed without a request",
         f"  webhook RSS: {results['rss_mib']['idle']:.1f} MiB idle, "
         f"{results['rss_mib']['after']:.1f} MiB after the runs",
         f"  vs gvirtus-kai at {yardstick['clients']} clients on one core (quoted): "

@@ -104,9 +104,16 @@ class _CommandParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        """Declare the flags, then parse as usual."""
+        """Declare the flags, then parse; an unknown flag is this subcommand's error.
+
+        Everything after the subcommand's name is its own, so a flag it does not know
+        is reported with its usage, not the top-level one.
+        """
         self._declare_flags()
-        return super().parse_known_args(args, namespace)
+        parsed, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
 
     def format_help(self) -> str:
         """Declare the flags, then render the help as usual."""

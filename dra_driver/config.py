@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
+import ipaddress
 import os
 import pathlib
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from dra_driver.quantity import parse_bytes
 
 ENV_PREFIX = "GVIRTUS_DRA_"
 
@@ -157,7 +161,7 @@ def describe(model: type[Settings], exc: pydantic.ValidationError) -> str:
 
 def dns_subdomain(value: str, *, what: str, max_length: int = 253) -> str:
     """Validate a Kubernetes DNS subdomain name (lower case, dots allowed)."""
-    if len(value) > max_length or not _DNS_SUBDOMAIN.match(value):
+    if len(value) > max_length or not _DNS_SUBDOMAIN.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid {what}: use at most {max_length} lower-case letters, "
             "digits, '-' and '.', starting and ending with a letter or digit"
@@ -170,3 +174,35 @@ def absolute_path(value: pathlib.Path) -> pathlib.Path:
     if not value.is_absolute():
         raise ValueError(f"must be an absolute path, got {str(value)!r}")
     return value
+
+
+def _positive_quantity(value: str) -> str:
+    if parse_bytes(value) <= 0:
+        raise ValueError("must be more than zero")
+    return value
+
+
+def _ipv4(value: str) -> str:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 address") from exc
+    return value
+
+
+DriverName = Annotated[
+    str, AfterValidator(functools.partial(dns_subdomain, what="driver name", max_length=63))
+]
+"""A DRA driver name, as settings take it."""
+NodeName = Annotated[str, AfterValidator(functools.partial(dns_subdomain, what="node name"))]
+"""A Node's name."""
+NamespaceName = Annotated[
+    str, AfterValidator(functools.partial(dns_subdomain, what="namespace", max_length=63))
+]
+"""A namespace's name."""
+AbsolutePath = Annotated[pathlib.Path, AfterValidator(absolute_path)]
+"""A path the component uses verbatim, so it must be absolute."""
+ByteQuantity = Annotated[str, AfterValidator(_positive_quantity)]
+"""A positive amount of memory as Kubernetes writes it (``80Gi``)."""
+IPv4Address = Annotated[str, AfterValidator(_ipv4)]
+"""An address to bind to."""

@@ -36,7 +36,7 @@ def parse_bytes(value: str | int) -> int:
         if value < 0:
             raise ValueError(f"{value} is negative")
         return value
-    match = _QUANTITY.match(str(value).strip())
+    match = _QUANTITY.fullmatch(str(value).strip())
     if not match:
         raise ValueError(f"{value!r} is not a quantity like 80Gi, 1500Mi or 4096")
     return int(match.group(1)) * _SUFFIXES[match.group(2) or ""]

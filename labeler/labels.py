@@ -5,7 +5,9 @@ and ``gvirtus.io/backend.allowed=false`` (it runs no backend) unless it already 
 a value. Only missing labels are added, by a JSON Patch that first tests the node's
 resourceVersion: if an admin labelled the node since it was read, the patch fails
 instead of overwriting, and the watch brings the node back to look again. A node
-that has both labels costs no request at all.
+that has both labels costs no request at all. ``jsonpatch`` derives the operations
+from the labels before and after (escaping the ``/`` in each key), so a node with
+no labels at all and one with some get the right operations alike.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import jsonpatch
 from prometheus_client import Counter
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import NODES
 from dra_driver.kube.watch import WatchEvent
-from webhook.mutate import escape
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +42,11 @@ def missing_labels(node: dict[str, Any]) -> dict[str, str]:
 def patch_for(node: dict[str, Any], missing: dict[str, str]) -> list[dict[str, Any]]:
     """Add exactly ``missing``, only if the node is still the version that was read."""
     meta = node["metadata"]
-    ops: list[dict[str, Any]] = [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
-    ]
-    if meta.get("labels") is None:
-        ops.append({"op": "add", "path": "/metadata/labels", "value": dict(missing)})
-    else:
-        ops += [
-            {"op": "add", "path": f"/metadata/labels/{escape(k)}", "value": v}
-            for k, v in missing.items()
-        ]
-    return ops
+    labels = meta.get("labels")
+    before = {"metadata": {} if labels is None else {"labels": labels}}
+    after = {"metadata": {"labels": {**(labels or {}), **missing}}}
+    test = {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+    return [test, *jsonpatch.make_patch(before, after).patch]
 
 
 class Labeler:
@@ -75,12 +72,8 @@ class Labeler:
             return
         name = node["metadata"]["name"]
         try:
-            await self.kube.request(
-                "PATCH",
-                f"/api/v1/nodes/{name}",
-                body=patch_for(node, missing),
-                content_type="application/json-patch+json",
-                query={"fieldManager": FIELD_MANAGER},
+            await self.kube.patch(
+                NODES, name, patch_for(node, missing), kind="json", field_manager=FIELD_MANAGER
             )
         except (errors.InvalidError, errors.ConflictError):
             PATCHES.labels("raced").inc()  # changed since read: the watch shows it again

@@ -60,6 +60,8 @@ install() {
         say "creating the kind cluster $CLUSTER (Kubernetes 1.36, one backend, two frontends)"
         kind create cluster --config demo/kind.yaml --name "$CLUSTER" --wait 180s
     fi
+    # An admin opts a node in as a backend; a node may not do it itself.
+    "${K[@]}" label node -l demo.gvirtus.io/role=backend gvirtus.io/backend.allowed=true --overwrite >/dev/null
     say "building the image $IMAGE and loading it into the nodes"
     docker build -t "$IMAGE" .
     kind load docker-image "$IMAGE" --name "$CLUSTER"

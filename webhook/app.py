@@ -4,7 +4,8 @@ At start the serving certificate comes from the Secret (created on first start) 
 from cert-manager's files, and the CA is published in the MutatingWebhookConfiguration.
 Every ``--reload-interval`` the certificate is checked again: renewed when due,
 reloaded when another replica renewed it (or cert-manager replaced the files), and
-the CA published again if someone re-applied the configuration without it.
+the CA published again if someone re-applied the configuration without it. The same
+read of the configuration tells which namespaces the webhook may act in.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from dra_driver.errors import StartupError
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
-from webhook import server
-from webhook.cabundle import publish_ca_bundle
+from webhook import connections, server
+from webhook.cabundle import publish_ca_bundle, read_configuration
 from webhook.certs import KeyPair
+from webhook.scope import Scope
 from webhook.secret import SecretCertificates
 from webhook.settings import WebhookSettings
 from webhook.templates import Templates
@@ -33,12 +35,15 @@ log = logging.getLogger(__name__)
 
 
 class Certificates:
-    """Keeps the live TLS context current, from the Secret or from files."""
+    """Keeps the live TLS context and the namespace scope current."""
 
-    def __init__(self, *, settings: WebhookSettings, kube: KubeClient, tls: TLS) -> None:
+    def __init__(
+        self, *, settings: WebhookSettings, kube: KubeClient, tls: TLS, scope: Scope
+    ) -> None:
         self.settings = settings
         self.kube = kube
         self.tls = tls
+        self.scope = scope
         self.secret = SecretCertificates(
             kube=kube,
             namespace=settings.namespace,
@@ -49,19 +54,22 @@ class Certificates:
         )
 
     async def refresh(self) -> None:
-        """Load the current certificate (renewing it when due) and publish the CA.
+        """Read the configuration, load the certificate (renewed when due), publish the CA.
 
         Raises:
             KubeError: the Secret or the configuration could not be read or written.
             OSError: cert-manager's files cannot be read.
         """
         s = self.settings
+        current = await read_configuration(self.kube, configuration=s.configuration)
+        self.scope.update(current)
         if s.cert_file is not None and s.key_file is not None:
             self.tls.load(KeyPair(s.cert_file.read_bytes(), s.key_file.read_bytes()))
             return
         bundle = await self.secret.current()
         self.tls.load(bundle.serving)
-        await publish_ca_bundle(self.kube, configuration=s.configuration, ca_pem=bundle.ca.cert_pem)
+        if current is not None:
+            await publish_ca_bundle(self.kube, current=current, ca_pem=bundle.ca.cert_pem)
 
     async def keep_current(self, stop: asyncio.Event) -> None:
         """Refresh every reload interval until ``stop``; failures are logged and retried."""
@@ -76,6 +84,56 @@ class Certificates:
                 log.warning("checking the serving certificate failed (retrying): %s", exc)
 
 
+async def _serve_https(
+    stack: contextlib.AsyncExitStack,
+    *,
+    settings: WebhookSettings,
+    converter: server.Converter,
+    tls: TLS,
+) -> None:
+    """Serve ``/mutate`` through the connection guard until ``stack`` closes.
+
+    Raises:
+        StartupError: the port cannot be bound, or too few file descriptors for the cap.
+    """
+    connections.ensure_file_limit(settings.max_connections + 64)
+    connections.small_tls_buffers()
+    runner = web.AppRunner(
+        server.build(converter=converter),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=settings.idle_timeout,
+        # After an early answer (too large, too slow) the rest of the body is read and
+        # dropped so the client sees the answer, but for no longer than a request may take.
+        lingering_time=settings.request_timeout,
+    )
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    assert runner.server is not None
+    try:
+        listener = connections.listen(settings.address, settings.port, backlog=1024)
+    except OSError as exc:
+        raise StartupError(f"cannot serve on {settings.address}:{settings.port}: {exc}") from exc
+    stack.callback(listener.close)
+    guard = connections.Guard(
+        limits=connections.Limits(
+            max_connections=settings.max_connections,
+            max_per_address=settings.max_connections_per_address,
+            request_timeout=settings.request_timeout,
+        ),
+        protocol_factory=runner.server,
+        ssl_context=tls.context,
+    )
+    accepting = asyncio.create_task(guard.serve(listener))
+
+    async def stop_accepting() -> None:
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+
+    stack.push_async_callback(stop_accepting)
+
+
 async def run(settings: WebhookSettings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` (or SIGTERM/SIGINT)."""
     stop = stop or stop_on_signals()
@@ -83,7 +141,8 @@ async def run(settings: WebhookSettings, *, stop: asyncio.Event | None = None) -
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(kube.close)
         tls = TLS()
-        certificates = Certificates(settings=settings, kube=kube, tls=tls)
+        scope = Scope(configuration=settings.configuration)
+        certificates = Certificates(settings=settings, kube=kube, tls=tls, scope=scope)
         try:
             await certificates.refresh()
         except (errors.KubeError, OSError, ValueError) as exc:
@@ -92,23 +151,15 @@ async def run(settings: WebhookSettings, *, stop: asyncio.Event | None = None) -
             kube=kube, device_class=settings.device_class, driver=settings.driver_name
         )
         converter = server.Converter(
-            templates=templates, max_gpus=settings.max_gpus, max_body=settings.max_body
+            templates=templates,
+            scope=scope,
+            max_gpus=settings.max_gpus,
+            max_body=settings.max_body,
+            request_timeout=settings.request_timeout,
         )
         watch = asyncio.create_task(templates.watch())
         stack.callback(watch.cancel)
-        runner = web.AppRunner(
-            server.build(converter=converter), access_log=None, handle_signals=False
-        )
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        try:
-            await web.TCPSite(
-                runner, settings.address, settings.port, ssl_context=tls.context, reuse_address=True
-            ).start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot serve on {settings.address}:{settings.port}: {exc}"
-            ) from exc
+        await _serve_https(stack, settings=settings, converter=converter, tls=tls)
         stopping = asyncio.Event()
         if settings.metrics_port:
 

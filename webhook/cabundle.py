@@ -1,4 +1,4 @@
-"""Publishing the webhook's CA in its MutatingWebhookConfiguration.
+"""Reading the webhook's MutatingWebhookConfiguration and publishing its CA there.
 
 The API server trusts the webhook only through ``clientConfig.caBundle``. The
 configuration is applied by the install with an empty bundle, so the webhook fills
@@ -12,43 +12,60 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
+
+import jsonpointer
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import MUTATING_WEBHOOK_CONFIGURATIONS
 
 log = logging.getLogger(__name__)
 
 
-async def publish_ca_bundle(kube: KubeClient, *, configuration: str, ca_pem: bytes) -> bool:
-    """Put ``ca_pem`` into every webhook of the MutatingWebhookConfiguration.
+async def read_configuration(kube: KubeClient, *, configuration: str) -> dict[str, Any] | None:
+    """The configuration as stored, or ``None`` (logged) when it does not exist yet.
 
-    Returns whether anything changed. A missing configuration is logged, not fatal:
-    the manifests may not be applied yet, and the next check tries again.
+    Raises:
+        KubeError: it could not be read.
     """
-    path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{configuration}"
     try:
-        current = await kube.request("GET", path)
+        found: dict[str, Any] = await kube.get(MUTATING_WEBHOOK_CONFIGURATIONS, configuration)
     except errors.NotFoundError:
-        log.warning(
-            "MutatingWebhookConfiguration %s not found; cannot publish the CA yet", configuration
-        )
-        return False
+        log.warning("MutatingWebhookConfiguration %s not found", configuration)
+        return None
+    return found
+
+
+async def publish_ca_bundle(kube: KubeClient, *, current: dict[str, Any], ca_pem: bytes) -> bool:
+    """Put ``ca_pem`` into every webhook of the configuration ``current``.
+
+    Returns whether anything changed.
+
+    Raises:
+        KubeError: the patch failed (for instance the list was reordered meanwhile).
+    """
     wanted = base64.b64encode(ca_pem).decode()
     patch = []
     for index, webhook in enumerate(current.get("webhooks") or []):
         if (webhook.get("clientConfig") or {}).get("caBundle") != wanted:
+            name = jsonpointer.JsonPointer.from_parts(["webhooks", index, "name"]).path
+            bundle = jsonpointer.JsonPointer.from_parts(
+                ["webhooks", index, "clientConfig", "caBundle"]
+            ).path
             patch += [
-                {"op": "test", "path": f"/webhooks/{index}/name", "value": webhook.get("name")},
-                {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": wanted},
+                {"op": "test", "path": name, "value": webhook.get("name")},
+                {"op": "add", "path": bundle, "value": wanted},
             ]
     if not patch:
         return False
-    await kube.request(
-        "PATCH",
-        path,
-        body=patch,
-        content_type="application/json-patch+json",
-        query={"fieldManager": "gvirtus-dra-webhook"},
+    configuration = current["metadata"]["name"]
+    await kube.patch(
+        MUTATING_WEBHOOK_CONFIGURATIONS,
+        configuration,
+        patch,
+        kind="json",
+        field_manager="gvirtus-dra-webhook",
     )
     log.info("published the CA in MutatingWebhookConfiguration %s", configuration)
     return True

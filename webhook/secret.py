@@ -16,6 +16,7 @@ import logging
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import SECRETS
 from webhook.certs import Bundle, KeyPair, new_ca, new_serving, service_names
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ class SecretCertificates:
         renew_before: datetime.timedelta,
     ) -> None:
         self.kube = kube
-        self.path = f"/api/v1/namespaces/{namespace}/secrets/{secret}"
-        self.collection = f"/api/v1/namespaces/{namespace}/secrets"
+        self.namespace = namespace
         self.secret = secret
         self.dns_names = service_names(service, namespace)
         self.valid_for = valid_for
@@ -49,7 +49,7 @@ class SecretCertificates:
             KubeError: the Secret cannot be read or written.
         """
         try:
-            secret = await self.kube.request("GET", self.path)
+            secret = await self.kube.get(SECRETS, self.secret, namespace=self.namespace)
         except errors.NotFoundError:
             return await self._create()
         try:
@@ -89,7 +89,7 @@ class SecretCertificates:
             "data": bundle.to_secret_data(),
         }
         try:
-            await self.kube.request("POST", self.collection, body=body)
+            await self.kube.create(SECRETS, body, namespace=self.namespace)
         except errors.AlreadyExistsError:
             return await self.current()  # another replica was first: use its certificates
         log.info("created the webhook CA and serving certificate in Secret %s", self.secret)
@@ -98,7 +98,7 @@ class SecretCertificates:
     async def _replace(self, secret: dict[str, object], bundle: Bundle) -> Bundle:
         body = {**secret, "type": "kubernetes.io/tls", "data": bundle.to_secret_data()}
         try:
-            await self.kube.request("PUT", self.path, body=body)
+            await self.kube.replace(SECRETS, body)
         except errors.ConflictError:
             return await self.current()  # another replica renewed first
         return bundle

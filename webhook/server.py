@@ -3,11 +3,14 @@
 Every failure has an answer the caller can act on, and none is a 500: a body that
 is not an AdmissionReview (or too large) gets HTTP 400 with the reason; a pod that
 cannot be converted gets a denial naming the container and the fix; anything else
-gets an allowing review. Dry-run reviews create no templates.
+gets an allowing review. Dry-run reviews create no templates, and neither does a
+review for a namespace the webhook's configuration leaves out (the API server never
+sends one; whoever did gets the pod back untouched).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -18,7 +21,8 @@ from prometheus_client import Counter, Histogram
 
 from dra_driver import logs
 from dra_driver.kube import errors
-from webhook import mutate, review
+from webhook import connections, mutate, review
+from webhook.scope import OutOfScope, Scope, ScopeUnknown
 from webhook.templates import Templates
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ SECONDS = Histogram(
     ["outcome"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
-OUTCOMES = ("converted", "unchanged", "skipped", "denied", "bad_request", "error")
+OUTCOMES = ("converted", "unchanged", "skipped", "excluded", "denied", "bad_request", "error")
 for _outcome in OUTCOMES:
     REVIEWS.labels(_outcome)
 
@@ -42,8 +46,10 @@ class Converter:
     """What ``/mutate`` needs."""
 
     templates: Templates
+    scope: Scope
     max_gpus: int
     max_body: int
+    request_timeout: float
 
 
 CONVERTER = web.AppKey("converter", Converter)
@@ -75,14 +81,27 @@ async def _answer(request: web.Request) -> tuple[str, web.Response]:
         return "error", _json(review.deny(uid, message, code=500))
 
 
+async def _read(request: web.Request, converter: Converter) -> bytes | web.Response:
+    """The whole body, or the answer to a body too large or too slow to arrive."""
+    too_large = _bad(f"the request body is larger than {converter.max_body} bytes")
+    if request.content_length is not None and request.content_length > converter.max_body:
+        return too_large
+    try:
+        async with asyncio.timeout(converter.request_timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return too_large
+    except TimeoutError:
+        log.warning("request body too slow", extra={"remote": request.remote})
+        text = f"the request body did not arrive within {converter.request_timeout:g} s\n"
+        return web.Response(status=408, text=text, headers={"Connection": "close"})
+
+
 async def _review(request: web.Request) -> tuple[str, web.Response]:
     converter = request.app[CONVERTER]
-    if request.content_length is not None and request.content_length > converter.max_body:
-        return "bad_request", _bad(f"the request body is larger than {converter.max_body} bytes")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return "bad_request", _bad(f"the request body is larger than {converter.max_body} bytes")
+    raw = await _read(request, converter)
+    if isinstance(raw, web.Response):
+        return "bad_request", raw
     try:
         parsed = review.parse(raw)
     except review.BadReview as exc:
@@ -95,7 +114,17 @@ async def _review(request: web.Request) -> tuple[str, web.Response]:
         return "bad_request", _bad("the AdmissionReview of a pod names no request.namespace")
     metadata = parsed.pod["metadata"]
     name = metadata.get("name") or f"{metadata.get('generateName', '')}*"
+    name = name[:253] if isinstance(name, str) else review.shown(name)
     with logs.context(pod=f"{parsed.namespace}/{name}", review=parsed.uid, dry_run=parsed.dry_run):
+        try:
+            converter.scope.check(parsed.namespace)
+        except OutOfScope as exc:
+            log.warning("not converted: %s", exc, extra={"remote": request.remote})
+            return "excluded", _json(review.allow(parsed.uid))
+        except ScopeUnknown as exc:
+            log.warning("not converted: %s", exc)
+            message = f"gvirtus-dra: cannot tell whether to convert pods here: {exc}"
+            return "denied", _json(review.deny(parsed.uid, message, code=503))
         try:
             plan = mutate.plan(parsed.pod, max_gpus=converter.max_gpus)
         except mutate.Denied as exc:
@@ -127,7 +156,9 @@ def _bad(reason: str) -> web.Response:
 
 def build(*, converter: Converter) -> web.Application:
     """The HTTPS application (probes and metrics live on the plain HTTP port)."""
-    app = web.Application(client_max_size=converter.max_body)
+    app = web.Application(
+        client_max_size=converter.max_body, middlewares=[connections.mark_request]
+    )
     app[CONVERTER] = converter
     app.router.add_post("/mutate", mutate_handler)
     return app

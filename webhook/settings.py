@@ -7,7 +7,7 @@ import pathlib
 from pydantic import Field, model_validator
 
 from dra_driver import DEFAULT_DRIVER_NAME
-from dra_driver.config import Settings
+from dra_driver.config import DriverName, NamespaceName, Settings
 
 
 class WebhookSettings(Settings):
@@ -18,7 +18,7 @@ class WebhookSettings(Settings):
     metrics_port: int = Field(
         9453, ge=0, le=65535, description="port of /metrics, /healthz, /readyz (0: off)"
     )
-    namespace: str = Field(
+    namespace: NamespaceName = Field(
         "gvirtus-system", description="namespace of the webhook's Service and Secret"
     )
     service: str = Field("gvirtus-dra-webhook", description="Service the API server calls")
@@ -47,13 +47,39 @@ class WebhookSettings(Settings):
         description="kubeconfig file; unset means the pod's service account",
         json_schema_extra={"env_aliases": ["KUBECONFIG"]},
     )
-    driver_name: str = Field(DEFAULT_DRIVER_NAME, description="DRA driver of the converted claims")
+    driver_name: DriverName = Field(
+        DEFAULT_DRIVER_NAME, description="DRA driver of the converted claims"
+    )
     device_class: str = Field("gpu.gvirtus.io", description="DeviceClass converted claims ask for")
     max_gpus: int = Field(
         16, ge=1, le=1024, description="most nvidia.com/gpu one container may ask for"
     )
     max_body: int = Field(
         3 * 1024 * 1024, ge=65536, description="largest AdmissionReview accepted, in bytes"
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        le=65536,
+        description="open HTTPS connections at most; more are reset at accept (~92 KiB each)",
+    )
+    max_connections_per_address: int = Field(
+        256, ge=1, le=65536, description="open HTTPS connections at most from one client address"
+    )
+    request_timeout: float = Field(
+        5,
+        gt=0,
+        le=300,
+        description=(
+            "seconds a new connection has for its TLS handshake and first request headers, "
+            "and any request for its body"
+        ),
+    )
+    idle_timeout: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="seconds a kept-alive connection may wait for its next request headers",
     )
     shutdown_delay: float = Field(
         5,
@@ -74,6 +100,8 @@ class WebhookSettings(Settings):
             raise ValueError("--cert-file and --key-file go together")
         if self.renew_days >= self.cert_days:
             raise ValueError("--renew-days must be shorter than --cert-days")
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError("--max-connections-per-address cannot exceed --max-connections")
         return self
 
     @property

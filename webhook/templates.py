@@ -8,7 +8,16 @@ admin may have tuned it (another DeviceClass, a selector). Its devices all come
 from one backend node (a ``matchAttribute`` on ``backendNode``). Where devices can
 be shared (slots, or memory with consumable capacity) two of them may be the same
 GPU; a ``distinctAttribute`` on ``uuid`` prevents that on API servers that keep the
-field (DRAConsumableCapacity), which a dry-run create finds out once.
+field (DRAConsumableCapacity), which a dry-run create finds out.
+
+Only what the API server says about itself is remembered. The probe asks for
+``capacity``, a field of the same gate whose removal leaves a valid template: with
+the gate off the server accepts the probe and drops the field (as a 1.36 server
+was seen to do), so the answer is a success either way, and is kept for the
+process's life. A refusal (a policy's 422, a quota's 403, a webhook's denial) says
+something about one namespace, not about the server: it fails the one review that
+needed the template, with the server's reason, and the next review asks again.
+Guessing instead would be permanent, since a template once created is never changed.
 """
 
 from __future__ import annotations
@@ -97,20 +106,24 @@ class Templates:
             key = f"{namespace}/{template_name(count)}"
             if key in self.existing.items:
                 continue
-            path = f"/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaimtemplates"
             try:
-                await self.kube.request("GET", f"{path}/{template_name(count)}")
+                await self.kube.get(
+                    RESOURCE_CLAIM_TEMPLATES, template_name(count), namespace=namespace
+                )
             except errors.NotFoundError:
                 body = template(
                     namespace=namespace,
                     count=count,
                     device_class=self.device_class,
                     driver=self.driver,
-                    distinct=await self._keeps_distinct(path, namespace),
+                    distinct=count > 1 and await self._keeps_distinct(namespace),
                 )
                 try:
-                    await self.kube.request(
-                        "POST", path, body=body, query={"fieldManager": "gvirtus-dra-webhook"}
+                    await self.kube.create(
+                        RESOURCE_CLAIM_TEMPLATES,
+                        body,
+                        namespace=namespace,
+                        field_manager="gvirtus-dra-webhook",
                     )
                     CREATED.inc()
                     log.info(
@@ -121,25 +134,34 @@ class Templates:
                     pass  # another replica, or a pod created at the same moment
             self.existing.items[key] = True  # until the watch says otherwise
 
-    async def _keeps_distinct(self, path: str, namespace: str) -> bool:
+    async def _keeps_distinct(self, namespace: str) -> bool:
+        """Whether the API server keeps DRAConsumableCapacity fields, asked until it answers.
+
+        Raises:
+            KubeError: the probe was refused in ``namespace``; nothing is remembered.
+        """
         if self._distinct is None:
-            probe = template(
-                namespace=namespace,
-                count=2,
-                device_class=self.device_class,
-                driver=self.driver,
-                distinct=True,
+            stored = await self.kube.create(
+                RESOURCE_CLAIM_TEMPLATES, self._probe(namespace), namespace=namespace, dry_run=True
             )
-            probe["metadata"] = {"generateName": "gvirtus-dra-probe-", "namespace": namespace}
-            try:
-                stored = await self.kube.request("POST", path, body=probe, query={"dryRun": "All"})
-                constraints = stored["spec"]["spec"]["devices"].get("constraints") or []
-                self._distinct = any("distinctAttribute" in c for c in constraints)
-            except errors.InvalidError:
-                self._distinct = False  # dropped, leaving a constraint the server refuses
+            exactly = stored["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+            self._distinct = "capacity" in exactly
             if not self._distinct:
                 log.warning(
-                    "the API server drops distinctAttribute (DRAConsumableCapacity off): multi-GPU "
-                    "claims of legacy pods may get two shares of one GPU where devices are shared"
+                    "the API server drops DRAConsumableCapacity fields: multi-GPU claims of "
+                    "legacy pods may get two shares of one GPU where devices are shared"
                 )
         return self._distinct
+
+    def _probe(self, namespace: str) -> dict[str, Any]:
+        probe = template(
+            namespace=namespace,
+            count=1,
+            device_class=self.device_class,
+            driver=self.driver,
+            distinct=False,
+        )
+        probe["metadata"] = {"generateName": "gvirtus-dra-probe-", "namespace": namespace}
+        exactly = probe["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+        exactly["capacity"] = {"requests": {"memory": "1"}}
+        return probe

@@ -12,22 +12,119 @@ when the node's agent pod changes address.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
-from dra_driver.controller.poller import AgentState
+from dra_driver.controller.poller import Fetched, Poller, RejectedError, UnreachableError
 from dra_driver.kube.index import Index
+from dra_driver.models import Inventory
+
+log = logging.getLogger(__name__)
 
 BACKENDS = Gauge("gvirtus_dra_controller_backends", "Backend agents by state.", ["state"])
+POLL_SECONDS = Histogram(
+    "gvirtus_dra_controller_poll_duration_seconds",
+    "Time to poll one agent, by outcome.",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+REJECTED = Counter(
+    "gvirtus_dra_controller_inventories_rejected_total",
+    "Agent answers rejected, by reason.",
+    ["reason"],
+)
 
 Obj = dict[str, Any]
 
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+@dataclass
+class AgentState:
+    """What the controller knows of one node's agent; changed only through its methods."""
+
+    node: str
+    url: str
+    seen_at: float
+    host_ip: str = ""
+    """The agent pod's host IP: the only backend address its inventory may name."""
+    inventory: Inventory | None = None
+    etag: str | None = None
+    answered_at: float | None = None
+    failing_since: float | None = None
+    error: str = ""
+
+    def problem(self, *, now: float, grace: float) -> str:
+        """Why the agent counts as gone (failing past ``grace``), or empty."""
+        if self.failing_since is not None and now - self.failing_since >= grace:
+            return f"agent not answering for {now - self.failing_since:.0f}s: {self.error}"
+        return ""
+
+    def answered(self, fetched: Fetched, *, now: float) -> bool:
+        """Take a believed answer; return whether the inventory changed."""
+        if self.failing_since is not None:
+            log.info("agent of %s answers again", self.node)
+        self.failing_since, self.error, self.answered_at = None, "", now
+        if fetched.inventory is None:
+            return False
+        changed = fetched.inventory != self.inventory
+        self.inventory, self.etag = fetched.inventory, fetched.etag
+        return changed
+
+    def failed(self, error: str, *, now: float) -> None:
+        """Note a failed poll; the last good inventory stays."""
+        if self.failing_since is None:
+            self.failing_since = now
+            log.warning("agent of %s failed: %s", self.node, error)
+        self.error = error
+
+    def check(self, inventory: Inventory) -> None:
+        """Refuse an inventory this agent may not give.
+
+        Raises:
+            RejectedError: it speaks for another node, or names a backend address other
+                than its pod's host IP.
+        """
+        if inventory.node_name != self.node:
+            where = f"the node its pod runs on ({self.node!r})"
+            raise RejectedError(
+                f"nodeName {inventory.node_name!r} is not {where}", reason="wrong-node"
+            )
+        if inventory.address != self.host_ip:
+            where = f"the host IP of its pod ({self.host_ip or 'none yet'})"
+            raise RejectedError(f"address {inventory.address} is not {where}", reason="address")
+
+
+async def refresh(state: AgentState, *, poller: Poller, clock: Callable[[], float]) -> bool:
+    """Poll one agent and record the outcome in ``state``; return whether it changed."""
+    started = time.perf_counter()
+    try:
+        fetched = await poller.fetch(url=state.url, etag=state.etag if state.inventory else None)
+        if fetched.inventory is not None:
+            state.check(fetched.inventory)
+    except UnreachableError as exc:
+        state.failed(str(exc), now=clock())
+        POLL_SECONDS.labels("unreachable").observe(time.perf_counter() - started)
+        return False
+    except RejectedError as exc:
+        REJECTED.labels(exc.reason).inc()
+        state.failed(f"rejected its inventory: {exc}", now=clock())
+        log.warning("rejected the inventory of %s: %s", state.node, exc, extra={"agent": state.url})
+        POLL_SECONDS.labels("rejected").observe(time.perf_counter() - started)
+        return False
+    changed = state.answered(fetched, now=clock())
+    POLL_SECONDS.labels("changed" if changed else "unchanged").observe(
+        time.perf_counter() - started
+    )
+    return changed
 
 
 @dataclass(frozen=True)
@@ -92,6 +189,12 @@ class Agents:
                 self.states[node] = AgentState(
                     node=node, url=url, host_ip=pod.host_ip, seen_at=self.clock()
                 )
+
+    async def poll(self, poller: Poller) -> None:
+        """Poll every agent once, concurrently."""
+        await asyncio.gather(
+            *(refresh(state, poller=poller, clock=self.clock) for state in self.states.values())
+        )
 
     def answered(self, node: str) -> float | None:
         """When (``clock``) the node's agent last answered; None if never."""

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
 
+from dra_driver.backoff import Backoff
 from dra_driver.controller import binding
 from dra_driver.controller.binding import Assessment, Judgement, Step
 from dra_driver.controller.claims import Allocated, Claim, ClaimIndex, Entry
@@ -72,8 +73,10 @@ Obj = dict[str, Any]
 
 
 @dataclass
-class _Backoff:
-    failures: int = 0
+class _Retry:
+    """When a claim whose write failed may be tried again."""
+
+    delays: Backoff = field(default_factory=lambda: Backoff(initial=0.5, maximum=30.0))
     until: float = 0.0
 
 
@@ -113,7 +116,7 @@ class ClaimStatus:
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     _busy: set[str] = field(default_factory=set)
-    _backoff: dict[str, _Backoff] = field(default_factory=dict)
+    _backoff: dict[str, _Retry] = field(default_factory=dict)
     _first_seen: dict[tuple[str, tuple[str, str, str]], float] = field(default_factory=dict)
     _settled: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     """Per claim, the inputs its status was last found right for."""
@@ -160,7 +163,8 @@ class ClaimStatus:
             if key in self._busy:
                 self._missed.add(key)
                 continue
-            if self._backoff.get(key, _Backoff()).until > now or self._gone.get(key) == claim.uid:
+            retry = self._backoff.get(key)
+            if (retry is not None and retry.until > now) or self._gone.get(key) == claim.uid:
                 continue
             inputs = self._inputs(key, claim)
             if self._settled.get(key) == inputs:
@@ -309,10 +313,9 @@ class ClaimStatus:
         return True
 
     def _fail(self, key: str) -> float:
-        backoff = self._backoff.setdefault(key, _Backoff())
-        delay = min(30.0, 0.5 * 2.0**backoff.failures)
-        backoff.failures += 1
-        backoff.until = self.clock() + delay
+        retry = self._backoff.setdefault(key, _Retry())
+        delay = retry.delays.next()
+        retry.until = self.clock() + delay
         return delay
 
     async def _report(

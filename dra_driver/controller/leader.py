@@ -34,6 +34,7 @@ from prometheus_client import Gauge
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import LEASES
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,16 @@ LEADER = Gauge("gvirtus_dra_controller_leader", "1 while this replica holds the 
 
 
 def micro_time(moment: datetime.datetime | None = None) -> str:
-    """A MicroTime as the API server parses it: always six fractional digits."""
-    moment = moment or datetime.datetime.now(datetime.UTC)
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A MicroTime as the API server parses it: always six fractional digits.
+
+    A moment with zero microseconds is moved by one: the client library prints such
+    a time without its fraction when it sends a created Lease, which a MicroTime may
+    not omit.
+    """
+    moment = (moment or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
+    if moment.microsecond == 0:
+        moment = moment.replace(microsecond=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -62,8 +70,7 @@ class LeaderElector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
-        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
-        self.collection = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self.namespace = namespace
         self.name = name
         self.identity = identity
         self.lease_duration = lease_duration
@@ -170,7 +177,7 @@ class LeaderElector:
     async def _try(self) -> bool:
         """One attempt to acquire or renew; False when someone else holds it or a write lost."""
         try:
-            lease = await self.kube.request("GET", self.path)
+            lease = await self.kube.get(LEASES, self.name, namespace=self.namespace)
         except errors.NotFoundError:
             return await self._create()
         except errors.KubeError as exc:
@@ -186,8 +193,7 @@ class LeaderElector:
             return False
         now = micro_time()
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
-        lease["spec"] = {
-            **spec,
+        change = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": int(self.lease_duration),
             "acquireTime": spec.get("acquireTime") if holder == self.identity else now,
@@ -195,7 +201,7 @@ class LeaderElector:
             "leaseTransitions": transitions,
         }
         try:
-            await self.kube.request("PUT", self.path, body=lease)
+            await self._write(lease, change)
         except errors.ConflictError:
             return False
         except errors.KubeError as exc:
@@ -206,6 +212,18 @@ class LeaderElector:
             self.clock(),
         )
         return True
+
+    async def _write(self, lease: dict[str, Any], change: dict[str, Any]) -> None:
+        """Change the Lease's spec only if it is still the version read (a merge patch).
+
+        The patch carries the ``resourceVersion`` read, so a candidate that lost a race
+        gets a conflict instead of overwriting the winner, as with an update; its times
+        go to the server exactly as formatted here.
+        """
+        patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]}}
+        await self.kube.patch(
+            LEASES, self.name, {**patch, "spec": change}, kind="merge", namespace=self.namespace
+        )
 
     async def _create(self) -> bool:
         now = micro_time()
@@ -222,7 +240,7 @@ class LeaderElector:
             },
         }
         try:
-            await self.kube.request("POST", self.collection, body=body)
+            await self.kube.create(LEASES, body, namespace=self.namespace)
         except errors.KubeError as exc:  # AlreadyExists: someone was faster
             log.debug("cannot create the Lease: %s", exc.message)
             return False
@@ -235,17 +253,12 @@ class LeaderElector:
     async def _release(self) -> None:
         """Hand the Lease back so another replica need not wait for it to expire."""
         try:
-            lease = await self.kube.request("GET", self.path)
+            lease = await self.kube.get(LEASES, self.name, namespace=self.namespace)
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:
                 return
-            lease["spec"] = {
-                **spec,
-                "holderIdentity": "",
-                "leaseDurationSeconds": 1,
-                "renewTime": micro_time(),
-            }
-            await self.kube.request("PUT", self.path, body=lease)
+            change = {"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": micro_time()}
+            await self._write(lease, change)
             log.info("released the Lease", extra={"lease": self.name})
         except errors.KubeError as exc:
             log.warning("cannot release the Lease (it expires by itself): %s", exc.message)

@@ -81,7 +81,7 @@ class Loop:
         """Poll every agent once and publish every pool that changed."""
         started = time.perf_counter()
         self.agents.sync()
-        await asyncio.gather(*(self.poller.poll(state) for state in self.agents.states.values()))
+        await self.agents.poll(self.poller)
         await self.pools.sync_all()
         self.agents.report(now=self.clock(), grace=self.grace)
         self.tracker.report()

@@ -19,10 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dra_driver.controller import pools
-from dra_driver.controller.agents import Agents
+from dra_driver.controller.agents import Agents, AgentState
 from dra_driver.controller.features import FeatureGates
 from dra_driver.controller.health import Verdict
-from dra_driver.controller.poller import AgentState
 from dra_driver.controller.pools import DevicePolicy, NodeInfo
 from dra_driver.controller.slices import Publisher, SliceStore
 from dra_driver.controller.tracker import HealthTracker

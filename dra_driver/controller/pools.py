@@ -313,6 +313,6 @@ def taint_times(slices: Mapping[str, Obj]) -> dict[tuple[str, str, str], str]:
         for device in (obj.get("spec") or {}).get("devices") or []:
             for taint in device.get("taints") or []:
                 added = str(taint.get("timeAdded", ""))
-                if _TAINT_TIME.match(added):
+                if _TAINT_TIME.fullmatch(added):
                     times[(device["name"], taint["key"], taint["effect"])] = added
     return times

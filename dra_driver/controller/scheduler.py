@@ -49,7 +49,7 @@ def parse_feature_gates(text: str) -> dict[str, bool]:
         if not entry:
             continue
         name, sign, value = (part.strip() for part in entry.partition("="))
-        if not sign or not _GATE.match(name) or value.lower() not in _BOOLS:
+        if not sign or not _GATE.fullmatch(name) or value.lower() not in _BOOLS:
             raise ValueError(
                 f"{entry!r} is not a feature gate setting: write Name=true or Name=false, "
                 "comma-separated, as in KAI-Scheduler's --feature-gates"

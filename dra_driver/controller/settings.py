@@ -16,7 +16,7 @@ import uuid
 from pydantic import Field, field_validator, model_validator
 
 from dra_driver import DEFAULT_DRIVER_NAME
-from dra_driver.config import Settings, dns_subdomain
+from dra_driver.config import ByteQuantity, DriverName, NamespaceName, Settings
 from dra_driver.controller.scheduler import (
     BINDING_GATE,
     CAPACITY_GATE,
@@ -37,8 +37,8 @@ class Sharing(enum.StrEnum):
 class ControllerSettings(Settings):
     """Flags (and ``--config`` file keys) of the controller."""
 
-    driver_name: str = Field(DEFAULT_DRIVER_NAME, description="DRA driver name")
-    namespace: str = Field(
+    driver_name: DriverName = Field(DEFAULT_DRIVER_NAME, description="DRA driver name")
+    namespace: NamespaceName = Field(
         "gvirtus-system",
         description="namespace of the controller, its Lease and the backend agents",
     )
@@ -75,11 +75,13 @@ class ControllerSettings(Settings):
     )
     sharing: Sharing = Field(Sharing.EXCLUSIVE, description="exclusive, slots or capacity")
     slots: int = Field(4, ge=2, le=64, description="devices per GPU with --sharing slots")
-    capacity_default: str = Field(
+    capacity_default: ByteQuantity = Field(
         "8Gi", description="memory a claim takes with --sharing capacity when it asks for none"
     )
-    capacity_min: str = Field("1Gi", description="smallest memory request with --sharing capacity")
-    capacity_step: str = Field(
+    capacity_min: ByteQuantity = Field(
+        "1Gi", description="smallest memory request with --sharing capacity"
+    )
+    capacity_step: ByteQuantity = Field(
         "1Gi", description="memory requests are rounded up to multiples of this"
     )
     capacity_fallback: Sharing = Field(
@@ -161,23 +163,6 @@ class ControllerSettings(Settings):
     config: pathlib.Path | None = Field(
         None, description="YAML file with any of these settings (camelCase keys)"
     )
-
-    @field_validator("driver_name")
-    @classmethod
-    def _driver_name(cls, value: str) -> str:
-        return dns_subdomain(value, what="driver name", max_length=63)
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, value: str) -> str:
-        return dns_subdomain(value, what="namespace", max_length=63)
-
-    @field_validator("capacity_default", "capacity_min", "capacity_step")
-    @classmethod
-    def _quantity(cls, value: str) -> str:
-        if parse_bytes(value) <= 0:
-            raise ValueError("must be more than zero")
-        return value
 
     @field_validator("capacity_fallback")
     @classmethod

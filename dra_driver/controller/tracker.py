@@ -21,8 +21,8 @@ from typing import Any
 from prometheus_client import Gauge
 
 from dra_driver.controller import pools
+from dra_driver.controller.agents import AgentState
 from dra_driver.controller.health import Thresholds, Verdict, judge
-from dra_driver.controller.poller import AgentState
 from dra_driver.device import attribute_values
 from dra_driver.kube.events import EventRecorder, Regarding
 from dra_driver.kube.index import Index

@@ -198,6 +198,7 @@ class KubeClient:
         kind: Literal["merge", "json", "strategic"],
         namespace: str | None = None,
         subresource: str | None = None,
+        field_manager: str | None = None,
     ) -> Obj:
         """Patch an object (a JSON merge, JSON or strategic merge patch)."""
         method = self._method(resource, "patch", namespace=namespace, subresource=subresource)
@@ -205,6 +206,7 @@ class KubeClient:
             method,
             name=name,
             body=patch,
+            field_manager=field_manager,
             _content_type=PATCHES[kind],
             **_scope(resource, namespace),
         )
@@ -250,36 +252,6 @@ class KubeClient:
         if preconditions:
             options["preconditions"] = dict(preconditions)  # type: ignore[assignment]
         return await self._call(method, name=name, body=options, **_scope(resource, namespace))
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str | int | None] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: float | None = None,
-    ) -> Obj:
-        """One call by path: kept only until the last callers move to the verbs above."""
-        params = [(k, str(v)) for k, v in (query or {}).items() if v is not None]
-        async with translate_errors():
-            request = await self.api_client.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=params or None,
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            response = await self.api_client.call_api(
-                *request, _request_timeout=timeout or self.timeout
-            )
-            raw = await response.read()
-        if not 200 <= response.status < 300:
-            raise errors.from_status(status=response.status, body=raw)
-        parsed = json.loads(raw) if raw else {}
-        return parsed if isinstance(parsed, dict) else {}
 
     # -- plumbing -----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 
+from dra_driver.backoff import Backoff
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.resources import Resource
@@ -58,18 +59,6 @@ class Consumer(Protocol):
         """Apply one change."""
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter, in seconds."""
-
-    initial: float = 0.2
-    maximum: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """Delay before retry number ``attempt`` (0-based)."""
-        return random.uniform(0, min(self.maximum, self.initial * 2**attempt))
-
-
 async def list_watch(
     *,
     kube: KubeClient,
@@ -80,7 +69,7 @@ async def list_watch(
     field_selector: str | None = None,
     label_selector: str | None = None,
     timeout_seconds: int = 240,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff | None = None,
     iterations: int | None = None,
 ) -> None:
     """Keep ``consumer`` in sync with a collection, until cancelled.
@@ -94,7 +83,8 @@ async def list_watch(
         field_selector: passed to list and watch.
         label_selector: passed to list and watch.
         timeout_seconds: server-side length of one watch stream (randomised by 20%).
-        backoff: delays between failed attempts.
+        backoff: delays between failed attempts (default: 0.2 s doubling to 30 s,
+            fully jittered).
         iterations: stop after this many list or watch rounds (tests only).
     """
     scope: dict[str, Any] = {
@@ -103,8 +93,8 @@ async def list_watch(
         "field_selector": field_selector,
     }
     label = resource.plural
+    delays = backoff or Backoff(initial=0.2, maximum=30.0, jitter=True)
     resource_version: str | None = None
-    failures = 0
     rounds = 0
     while iterations is None or rounds < iterations:
         rounds += 1
@@ -123,20 +113,19 @@ async def list_watch(
                     scope=scope,
                 )
                 WATCH_RESTARTS.labels(component, label, "resume").inc()
-            failures = 0
+            delays.reset()
         except errors.GoneError as exc:
             log.info("watch of %s expired (%s); re-listing", label, exc.message)
             WATCH_RESTARTS.labels(component, label, "relist").inc()
             resource_version = None
         except errors.KubeError as exc:
-            delay = backoff.delay(failures)
-            failures += 1
+            delay = delays.next()
             log.warning(
                 "list/watch of %s failed (%s); retrying in %.1fs",
                 label,
                 exc.message,
                 delay,
-                extra={"status": exc.status, "attempt": failures},
+                extra={"status": exc.status, "attempt": delays.failures},
             )
             WATCH_RESTARTS.labels(component, label, "error").inc()
             await asyncio.sleep(delay)

@@ -60,7 +60,7 @@ class Device(_Model):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        if not _DEVICE_NAME.match(value):
+        if not _DEVICE_NAME.fullmatch(value):
             raise ValueError(f"invalid CDI device name {value!r}")
         return value
 

@@ -12,7 +12,13 @@ import pathlib
 from pydantic import Field, field_validator, model_validator
 
 from dra_driver import DEFAULT_DRIVER_NAME
-from dra_driver.config import Settings, absolute_path, dns_subdomain
+from dra_driver.config import (
+    AbsolutePath,
+    DriverName,
+    NodeName,
+    Settings,
+    dns_subdomain,
+)
 
 SOCKET_PATH_LIMIT = 107
 """Longest unix socket path the kernel (and gRPC) accepts."""
@@ -21,8 +27,8 @@ SOCKET_PATH_LIMIT = 107
 class PluginSettings(Settings):
     """Flags of ``gvirtus-dra kubelet-plugin``."""
 
-    driver_name: str = Field(DEFAULT_DRIVER_NAME, description="DRA driver name")
-    node_name: str = Field(
+    driver_name: DriverName = Field(DEFAULT_DRIVER_NAME, description="DRA driver name")
+    node_name: NodeName = Field(
         description="name of the node this plugin serves (downward API spec.nodeName)"
     )
     kubeconfig: pathlib.Path | None = Field(
@@ -30,15 +36,15 @@ class PluginSettings(Settings):
         description="kubeconfig file; unset means the pod's service account",
         json_schema_extra={"env_aliases": ["KUBECONFIG"]},
     )
-    kubelet_registry_dir: pathlib.Path = Field(
+    kubelet_registry_dir: AbsolutePath = Field(
         pathlib.Path("/var/lib/kubelet/plugins_registry"),
         description="directory the kubelet watches for registration sockets",
     )
-    kubelet_plugins_dir: pathlib.Path = Field(
+    kubelet_plugins_dir: AbsolutePath = Field(
         pathlib.Path("/var/lib/kubelet/plugins"),
         description="directory holding the plugin's data directory and DRA socket",
     )
-    cdi_root: pathlib.Path = Field(
+    cdi_root: AbsolutePath = Field(
         pathlib.Path("/var/run/cdi"), description="directory for CDI spec files"
     )
     pod_uid: str | None = Field(
@@ -54,27 +60,12 @@ class PluginSettings(Settings):
         5.0, gt=0, le=10, description="seconds between device health reports to the kubelet"
     )
 
-    @field_validator("driver_name")
-    @classmethod
-    def _driver_name(cls, value: str) -> str:
-        return dns_subdomain(value, what="driver name", max_length=63)
-
-    @field_validator("node_name")
-    @classmethod
-    def _node_name(cls, value: str) -> str:
-        return dns_subdomain(value, what="node name")
-
     @field_validator("pod_uid")
     @classmethod
     def _pod_uid(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
         return dns_subdomain(value, what="pod UID", max_length=63)
-
-    @field_validator("kubelet_registry_dir", "kubelet_plugins_dir", "cdi_root")
-    @classmethod
-    def _absolute(cls, value: pathlib.Path) -> pathlib.Path:
-        return absolute_path(value)
 
     @model_validator(mode="after")
     def _socket_paths_fit(self) -> PluginSettings:

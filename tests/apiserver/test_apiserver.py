@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import pathlib
 import ssl
+import tempfile
 from typing import Any
 
 import aiohttp
@@ -476,3 +478,14 @@ async def test_invalid_request_policy_is_the_real_422(http: aiohttp.ClientSessio
     assert await call(http, "POST", SLICES, json=fixture(capture)["request"]["body"]) == captured(
         capture
     )
+
+
+def test_a_server_without_a_tls_folder_leaves_no_private_key_behind() -> None:
+    before = set(pathlib.Path(tempfile.gettempdir()).glob("apiserver-tls-*"))
+    server = APIServer().start()
+    try:
+        during = set(pathlib.Path(tempfile.gettempdir()).glob("apiserver-tls-*"))
+    finally:
+        server.stop()
+
+    assert during == before

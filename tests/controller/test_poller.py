@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import REGISTRY
 
-from dra_driver.controller.poller import AgentState, Poller
+from dra_driver.controller.agents import AgentState, refresh
+from dra_driver.controller.poller import Poller
 from dra_driver.models import MAX_INVENTORY_BYTES
 from tests.models.test_inventory import gpu, inventory
 
@@ -93,7 +95,7 @@ async def poll_once(url: str) -> tuple[AgentState, bool]:
     poller = Poller(timeout=30, concurrency=1)
     state = AgentState(node="gpu-node-1", url=url, host_ip="10.0.0.5", seen_at=0.0)
     try:
-        return state, await poller.poll(state)
+        return state, await refresh(state, poller=poller, clock=time.monotonic)
     finally:
         await poller.close()
 
@@ -170,10 +172,10 @@ async def test_an_unchanged_inventory_costs_a_304_and_keeps_the_last_one() -> No
     try:
         async with agent_at(first) as url:
             state = AgentState(node="gpu-node-1", url=url, host_ip="10.0.0.5", seen_at=0.0)
-            assert await poller.poll(state) is True
+            assert await refresh(state, poller=poller, clock=time.monotonic) is True
         async with agent_at(second) as url:
             state.url = url
-            assert await poller.poll(state) is False
+            assert await refresh(state, poller=poller, clock=time.monotonic) is False
     finally:
         await poller.close()
 

@@ -13,6 +13,7 @@ from dra_driver.controller.health import Verdict
 from dra_driver.controller.pools import DevicePolicy, NodeInfo
 from dra_driver.controller.settings import Sharing
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.models import Inventory
 from tests.models.test_inventory import gpu, inventory
 from tests.support.apiserver import fixture_object
@@ -229,9 +230,7 @@ async def test_rendered_slices_pass_the_api_servers_validation(kubeconfig: pathl
                     devices=group,
                 )
                 obj["metadata"]["name"] += f"-{sharing}"
-                stored = await kube.request(
-                    "POST", "/apis/resource.k8s.io/v1/resourceslices", body=obj
-                )
+                stored = await kube.create(RESOURCE_SLICES, obj)
                 assert stored["spec"] == obj["spec"]
     finally:
         await kube.close()

@@ -120,8 +120,13 @@ def test_the_demo_cluster_is_1_36_with_a_backend_frontends_and_a_spare() -> None
     assert [n["role"] for n in nodes] == ["control-plane", "worker", "worker", "worker"]
     assert {n["image"] for n in nodes} == {"kindest/node:v1.36.1"}
     assert roles == ["backend", "frontend", "spare"]
-    assert nodes[1]["labels"]["gvirtus.io/backend.allowed"] == "true"
     assert nodes[1]["labels"]["gvirtus.io/frontend.allowed"] == "false"
+    # The install refuses a kubelet that registers its Node opted in as a backend.
+    assert all("gvirtus.io/backend.allowed" not in n.get("labels", {}) for n in nodes)
+    assert (
+        "label node -l demo.gvirtus.io/role=backend gvirtus.io/backend.allowed=true"
+        in SCRIPT.read_text()
+    )
     assert all(config["featureGates"].values())
     for example in (ROOT / "demo" / "examples").glob("*.yaml"):
         for document in yaml.safe_load_all(example.read_text()):

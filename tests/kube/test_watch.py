@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from dra_driver.backoff import Backoff
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.resources import RESOURCE_SLICES
-from dra_driver.kube.watch import Backoff, WatchEvent, list_watch
+from dra_driver.kube.watch import WatchEvent, list_watch
 from tests.support import objects
 from tests.support.apiserver import APIServer
 
@@ -55,7 +56,7 @@ async def run(kube: KubeClient, recorder: Recorder, **kwargs: Any) -> asyncio.Ta
             resource=RESOURCE_SLICES,
             consumer=recorder,
             component="test",
-            backoff=Backoff(initial=0.01, maximum=0.05),
+            backoff=Backoff(initial=0.01, maximum=0.05, jitter=True),
             **kwargs,
         )
     )

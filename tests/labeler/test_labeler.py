@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -142,3 +144,14 @@ async def test_labels_are_patched_with_the_labelers_field_manager(
     patch = next(r for r in apiserver.writes() if r.path == "/api/v1/nodes/worker-1")
     assert patch.method == "PATCH"
     assert patch.query.get("fieldManager") == "gvirtus-dra-labeler"
+
+
+def test_the_labeler_does_not_load_the_webhook() -> None:
+    """The two components share nothing but the core."""
+    probe = (
+        "import sys, labeler.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'webhook'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip() == "[]"

@@ -13,8 +13,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
-from tests.support import cel, manifests
+from tests.support import cel, manifests, selectors
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 EXAMPLES = sorted(
@@ -55,6 +56,31 @@ def test_every_installed_object_is_valid_for_1_36(install: str) -> None:
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_example_class_is_valid_for_1_36(example: str) -> None:
     assert problems(manifests.load(example)) == []
+
+
+def documented(page: str) -> list[dict[str, Any]]:
+    """The Kubernetes objects of a page's YAML examples."""
+    text = (manifests.ROOT / page).read_text()
+    blocks = re.findall(r"^```yaml\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return [d for block in blocks for d in yaml.safe_load_all(block) if d]
+
+
+def test_the_security_pages_network_policies_are_valid_for_1_36() -> None:
+    policies = documented("docs/security.md")
+
+    workloads = [o for o in rendered("manifests") if o["kind"] in ("Deployment", "DaemonSet")]
+
+    assert [p["kind"] for p in policies] == ["NetworkPolicy", "NetworkPolicy"]
+    assert problems(policies) == []
+    for policy in policies:
+        wanted = selectors.from_label_selector(policy["spec"]["podSelector"])
+        (workload,) = [
+            w for w in workloads if selectors.labels_match(wanted, w["spec"]["template"])
+        ]
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        served = {p["containerPort"] for p in container["ports"]}
+        opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert served <= opened, f"{policy['metadata']['name']} closes a port the pod serves"
 
 
 @pytest.mark.parametrize("install", manifests.INSTALLS)

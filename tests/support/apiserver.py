@@ -51,6 +51,7 @@ import pathlib
 import random
 import re
 import secrets
+import shutil
 import socket
 import ssl
 import threading
@@ -59,6 +60,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import aiohttp
 import jsonpatch
 import yaml
 from aiohttp import web
@@ -928,6 +930,8 @@ class APIServer:
         key_file.write_bytes(serving.key_pem)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
+        if self._tls_dir is None:  # a folder of our own: leave no private key behind
+            shutil.rmtree(folder, ignore_errors=True)
         return context
 
     def listen_at(self, address: str) -> str:
@@ -1038,6 +1042,21 @@ class APIServer:
     def writes(self) -> list[Request]:
         """Requests that could change state (everything but GET and dry runs)."""
         return [r for r in self.requests if r.method != "GET" and not r.dry_run]
+
+    async def send(self, method: str, path: str, *, body: Any = None) -> tuple[int, Obj]:
+        """One raw JSON request over HTTPS with the token: (status, answer).
+
+        For tests of the server itself, sending what a component never would.
+        """
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                method, self.url + path, json=body, headers=headers, ssl=context
+            ) as response,
+        ):
+            return response.status, await response.json(content_type=None)
 
     # -- direct object access (tests seed and inspect state with these) -------------
 

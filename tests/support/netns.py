@@ -147,6 +147,7 @@ class Network:
     def __init__(self) -> None:
         self.token = secrets.token_hex(3)
         self.hosts: list[Host] = []
+        self.links: list[Link] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
         _sweep_stale()
@@ -207,7 +208,8 @@ class Network:
                 end.host.ip("addr", "add", f"{end.address}/{subnet.prefixlen}", "dev", end.name)
         for end in ends:
             end.host.ip("link", "set", end.name, "up")
-        return Link(ends, mtu)
+        self.links.append(Link(ends, mtu))
+        return self.links[-1]
 
     def limit_rate(self, interface: Interface, *, bits_per_second: int, burst: int = 1600) -> None:
         """Let ``interface`` send at most ``bits_per_second`` (tbf on its egress).
@@ -279,6 +281,12 @@ class Network:
         failures: list[str] = []
         for process in self.processes:
             _stop(process)
+        for link in self.links:
+            # The kernel removes a veth end with its namespace, but later and on its
+            # own: delete the root namespace's ends now, so nothing outlives close().
+            for end in link.ends:
+                if end.host == ROOT:
+                    subprocess.run(["ip", "link", "del", end.name], capture_output=True)
         for host in reversed(self.hosts):
             try:
                 _kill_inside(host)
@@ -288,6 +296,7 @@ class Network:
         for log in self._logs:
             log.close()
         self.hosts.clear()
+        self.links.clear()
         self.processes.clear()
         self._logs.clear()
         if failures:

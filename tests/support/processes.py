@@ -106,7 +106,7 @@ class PluginProcess:
         suffix = f"-{self.pod_uid}" if self.pod_uid else ""
         return f"gpu.gvirtus.io{suffix}-reg.sock"
 
-    async def ready(self, timeout: float = 30) -> pathlib.Path:
+    async def ready(self, timeout: float = 60) -> pathlib.Path:
         """Wait until the registration socket accepts connections; fail early if the process died.
 
         A socket file left by a killed predecessor exists but refuses connections.
@@ -125,7 +125,7 @@ class PluginProcess:
                 await writer.wait_closed()
                 return path
 
-    async def http_up(self, timeout: float = 30) -> None:
+    async def http_up(self, timeout: float = 60) -> None:
         """Wait until the HTTP endpoint answers; it starts after the API client connected."""
         import aiohttp
 
@@ -260,7 +260,7 @@ class AgentProcess:
     def url(self) -> str:
         return f"http://{self.loopback}:{self.port}"
 
-    async def ready(self, timeout: float = 30) -> AgentProcess:
+    async def ready(self, timeout: float = 60) -> AgentProcess:
         import aiohttp
 
         async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
@@ -370,7 +370,7 @@ class ComponentProcess:
                 records.append(json.loads(line))
         return records
 
-    async def wait_ready(self, url: str, timeout: float = 30) -> None:
+    async def wait_ready(self, url: str, timeout: float = 60) -> None:
         """Poll ``url`` until it answers 200; fail early if the process died."""
         import aiohttp
 
@@ -437,7 +437,7 @@ class WebhookProcess(ComponentProcess):
             ),
         )
 
-    async def ready(self, timeout: float = 30) -> WebhookProcess:
+    async def ready(self, timeout: float = 60) -> WebhookProcess:
         """Wait until it serves with a certificate loaded."""
         await self.wait_ready(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout)
         return self

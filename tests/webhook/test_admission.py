@@ -17,6 +17,7 @@ import pytest
 
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import PODS
 from tests.support import objects
 from tests.support.apiserver import APIServer
 from tests.webhook.conftest import CONFIGURATION, Webhook, configuration
@@ -31,10 +32,6 @@ async def kube(kubeconfig: pathlib.Path) -> AsyncIterator[KubeClient]:
     await client.close()
 
 
-def pods(namespace: str = "gvirtus-demo") -> str:
-    return f"/api/v1/namespaces/{namespace}/pods"
-
-
 def new_pod(**kwargs: Any) -> dict[str, Any]:
     pod = objects.legacy_pod(**kwargs)
     pod["metadata"]["name"] = "legacy"
@@ -45,8 +42,8 @@ def new_pod(**kwargs: Any) -> dict[str, Any]:
 async def test_a_labelled_pod_is_stored_converted(
     webhook: Webhook, apiserver: APIServer, kube: KubeClient
 ) -> None:
-    created = await kube.request(
-        "POST", pods(), body=new_pod(init={"setup": 1}, containers={"app": 2})
+    created = await kube.create(
+        PODS, new_pod(init={"setup": 1}, containers={"app": 2}), namespace="gvirtus-demo"
     )
 
     stored = apiserver.get("pods", "legacy", "gvirtus-demo")
@@ -73,7 +70,7 @@ async def test_pods_outside_the_selectors_never_reach_the_webhook(
 ) -> None:
     pod = new_pod(containers={"app": 1}, labelled=labelled)
 
-    created = await kube.request("POST", pods(namespace), body=pod)
+    created = await kube.create(PODS, pod, namespace=namespace)
 
     assert apiserver.admission.calls == []
     assert created["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
@@ -82,8 +79,8 @@ async def test_pods_outside_the_selectors_never_reach_the_webhook(
 async def test_a_dry_run_create_shows_the_converted_pod_and_stores_nothing(
     webhook: Webhook, apiserver: APIServer, kube: KubeClient
 ) -> None:
-    shown = await kube.request(
-        "POST", pods(), body=new_pod(containers={"app": 1}), query={"dryRun": "All"}
+    shown = await kube.create(
+        PODS, new_pod(containers={"app": 1}), namespace="gvirtus-demo", dry_run=True
     )
 
     assert shown["spec"]["resourceClaims"][0]["resourceClaimTemplateName"] == (
@@ -98,7 +95,7 @@ async def test_the_pod_author_sees_why_a_pod_was_refused(
     webhook: Webhook, apiserver: APIServer, kube: KubeClient
 ) -> None:
     with pytest.raises(errors.KubeError) as refused:
-        await kube.request("POST", pods(), body=new_pod(containers={"app": "half"}))
+        await kube.create(PODS, new_pod(containers={"app": "half"}), namespace="gvirtus-demo")
 
     assert refused.value.status == 400
     assert refused.value.message == (
@@ -114,7 +111,7 @@ async def test_with_no_webhook_answering_labelled_pods_are_refused_not_let_throu
     webhook.stop()
 
     with pytest.raises(errors.KubeError) as refused:
-        await kube.request("POST", pods(), body=new_pod(containers={"app": 1}))
+        await kube.create(PODS, new_pod(containers={"app": 1}), namespace="gvirtus-demo")
 
     assert refused.value.status == 500
     assert f'failed calling webhook "{WEBHOOK}"' in refused.value.message
@@ -132,7 +129,7 @@ async def test_the_ca_is_published_into_a_configuration_applied_after_the_webhoo
     async with asyncio.timeout(10):
         while not _bundle(apiserver):
             await asyncio.sleep(0.05)
-    await kube.request("POST", pods(), body=new_pod(containers={"app": 1}))
+    await kube.create(PODS, new_pod(containers={"app": 1}), namespace="gvirtus-demo")
 
     stored = apiserver.get("pods", "legacy", "gvirtus-demo")
     assert stored is not None and stored["spec"]["resourceClaims"]
@@ -148,7 +145,7 @@ async def test_re_applying_the_manifest_without_the_ca_heals_within_a_check(
     async with asyncio.timeout(10):
         while _bundle(apiserver) != published:
             await asyncio.sleep(0.05)
-    await kube.request("POST", pods(), body=new_pod(containers={"app": 1}))
+    await kube.create(PODS, new_pod(containers={"app": 1}), namespace="gvirtus-demo")
 
 
 def _bundle(apiserver: APIServer) -> str | None:

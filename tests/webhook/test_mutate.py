@@ -227,6 +227,39 @@ def test_long_container_names_give_valid_distinct_claim_names() -> None:
             "GPUs are counted in whole numbers",
             id="negative",
         ),
+        pytest.param(
+            lambda p: p["spec"]["containers"][0]["resources"].update(limits={GPU: "9" * 5000}),
+            "container 'app': resources.limits[nvidia.com/gpu] is a 5000-digit number; "
+            "at most 16 GVirtuS GPUs per container",
+            id="5000-digits",
+        ),
+        pytest.param(
+            lambda p: p["spec"]["containers"][0]["resources"].update(limits={GPU: "1" * 19}),
+            "is a 19-digit number; at most 16 GVirtuS GPUs per container",
+            id="19-digits",
+        ),
+        pytest.param(
+            lambda p: p["spec"]["containers"][0]["resources"].update(
+                limits={GPU: "1" * 18}, requests={GPU: "1" * 18}
+            ),
+            "asks for 111111111111111111 nvidia.com/gpu; at most 16 GVirtuS GPUs per container",
+            id="18-digits",
+        ),
+        pytest.param(
+            lambda p: p["spec"]["containers"][0]["resources"].update(limits={GPU: "1\n2"}),
+            "is '1\\n2'; GPUs are counted in whole numbers",
+            id="newline-inside",
+        ),
+        pytest.param(
+            lambda p: p["spec"]["containers"][0]["resources"].update(limits={GPU: True}),
+            "is True; GPUs are counted in whole numbers",
+            id="boolean",
+        ),
+        pytest.param(
+            lambda p: p["spec"]["containers"][0]["resources"].update(limits={GPU: [[1]]}),
+            "is a JSON array; GPUs are counted in whole numbers",
+            id="array",
+        ),
         pytest.param(lambda p: p.pop("spec"), "the pod has no spec", id="no-spec"),
         pytest.param(
             lambda p: p["spec"].update(containers={"app": {}}),
@@ -265,6 +298,26 @@ def test_pods_that_cannot_be_converted_are_denied_with_the_reason(
         mutate.plan(pod)
 
     assert message in str(denied.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [
+        pytest.param("2", 2, id="plain"),
+        pytest.param("+2", 2, id="plus"),
+        pytest.param(" 3\n", 3, id="surrounding-space"),
+        pytest.param("0002", 2, id="leading-zeros"),
+        pytest.param("0" * 5000 + "1", 1, id="5000-leading-zeros"),
+        pytest.param(2, 2, id="json-number"),
+    ],
+)
+def test_whole_numbers_are_read_as_counts(value: Any, count: int) -> None:
+    pod = objects.legacy_pod(containers={"app": 1})
+    pod["spec"]["containers"][0]["resources"] = {"limits": {GPU: value}}
+
+    _, plan = convert(pod)
+
+    assert plan.templates == {count}
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from tests.support import objects
 from tests.support.apiserver import APIServer, _validate_pod
 from tests.support.processes import WebhookProcess
 from tests.webhook.conftest import NAMESPACE, SECRET, SERVER_NAME, configuration
-from webhook import mutate
+from webhook import mutate, review
 
 GPU = "nvidia.com/gpu"
 
@@ -120,6 +120,28 @@ def test_every_plan_applies_converts_everything_and_is_idempotent(pod: dict[str,
             assert [
                 c for c in converted["resources"].get("claims") or [] if c["name"] == "own"
             ] == [c for c in before["resources"].get("claims") or [] if c["name"] == "own"]
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict | list):
+        children = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(c) for c in children), default=0)
+    return 0
+
+
+tricky_text = st.text(alphabet='[]{}"\\/ab', max_size=8)
+nested_values = st.recursive(
+    st.none() | st.integers() | tricky_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(tricky_text, inner, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=nested_values, indent=st.sampled_from([None, 1]))
+def test_nesting_is_measured_without_recursion_as_deep_as_it_is(value: Any, indent: Any) -> None:
+    """Brackets and escaped quotes inside strings never count as nesting."""
+    assert review.nesting(json.dumps(value, indent=indent).encode()) == _depth(value)
 
 
 # -- against the webhook process --------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import copy
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import jsonpatch
@@ -13,7 +14,7 @@ import pytest
 
 from tests.support import objects
 from tests.support.apiserver import APIServer
-from tests.webhook.conftest import Webhook
+from tests.webhook.conftest import Webhook, configuration
 
 TEMPLATES = "resourceclaimtemplates"
 DEMO = "gvirtus-demo"
@@ -202,6 +203,18 @@ def _review_with(**changes: Any) -> bytes:
     return json.dumps(review).encode()
 
 
+def _nested(depth: int) -> bytes:
+    """A review of the captured pod with a value nested ``depth`` levels deep inside it."""
+    review = objects.admission_review()
+    review["request"]["object"]["metadata"]["annotations"] = {"x": "PLACEHOLDER"}
+    head, tail = json.dumps(review).encode().split(b'"PLACEHOLDER"')
+    return head + b"[" * depth + b"]" * depth + tail
+
+
+def _in_namespace(namespace: str) -> bytes:
+    return _review_with(request={**objects.admission_review()["request"], "namespace": namespace})
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -223,9 +236,32 @@ def _review_with(**changes: Any) -> bytes:
         ),
         pytest.param(_review_without("uid"), "has no request with a uid", id="no-uid"),
         pytest.param(
-            _review_with(request={**objects.admission_review()["request"], "namespace": "a/b"}),
-            "request.namespace 'a/b' is not a namespace name",
-            id="bad-namespace",
+            _in_namespace("a/b"), "request.namespace 'a/b' is not a namespace name", id="slash"
+        ),
+        pytest.param(
+            _in_namespace("gvirtus-demo\n"),
+            "request.namespace 'gvirtus-demo\\n' is not a namespace name",
+            id="trailing-newline",
+        ),
+        pytest.param(
+            _in_namespace("kube-system\n"),
+            "request.namespace 'kube-system\\n' is not a namespace name",
+            id="excluded-namespace-with-trailing-newline",
+        ),
+        pytest.param(
+            _in_namespace("a" * 5000),
+            "request.namespace 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' is not a namespace name",
+            id="namespace-quoted-shortly",
+        ),
+        pytest.param(
+            _nested(65),
+            "the body nests 70 levels deep; an AdmissionReview of a pod never nests deeper than 64",
+            id="nested-70",
+        ),
+        pytest.param(
+            _nested(5000),
+            "the body is not JSON: depth limit exceeded",
+            id="nested-5000",
         ),
         pytest.param(
             _review_with(request={**objects.admission_review()["request"], "namespace": ""}),
@@ -253,6 +289,13 @@ async def test_a_body_that_is_not_a_usable_review_gets_400_with_the_reason(
     assert status == 200, "the webhook keeps serving"
 
 
+async def test_a_review_nested_as_deep_as_allowed_is_answered(webhook: Webhook) -> None:
+    status, answer = await webhook.post(_nested(64 - 5))
+
+    assert status == 200
+    assert answer["response"]["allowed"] is True
+
+
 @pytest.mark.parametrize(
     ("pod", "message"),
     [
@@ -265,6 +308,12 @@ async def test_a_body_that_is_not_a_usable_review_gets_400_with_the_reason(
             objects.legacy_pod(containers={"app": 100000}),
             "asks for 100000 nvidia.com/gpu; at most 16 GVirtuS GPUs per container",
             id="absurd-count",
+        ),
+        pytest.param(
+            objects.legacy_pod(containers={"app": "9" * 5000}),
+            "container 'app': resources.limits[nvidia.com/gpu] is a 5000-digit number; "
+            "at most 16 GVirtuS GPUs per container",
+            id="5000-digits",
         ),
         pytest.param(
             {"metadata": {"labels": {"gvirtus.io/enabled": "true"}}}, "no spec", id="no-spec"
@@ -321,6 +370,130 @@ async def test_without_consumable_capacity_templates_leave_out_distinct_devices(
     assert two["spec"]["spec"]["devices"]["constraints"] == [
         {"requests": ["gpu"], "matchAttribute": "gpu.gvirtus.io/backendNode"}
     ]
+
+
+def _multi_gpu_review(namespace: str) -> dict[str, Any]:
+    review = objects.review_of(objects.legacy_pod(containers={"a": 2}))
+    review["request"]["namespace"] = namespace
+    return review
+
+
+DISTINCT = {"requests": ["gpu"], "distinctAttribute": "gpu.gvirtus.io/uuid"}
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        pytest.param(422, "ValidatingAdmissionPolicy 'no-capacity' denied request", id="policy"),
+        pytest.param(403, "exceeded quota: resourceclaimtemplates", id="quota"),
+        pytest.param(500, "webhook timed out", id="server-error"),
+    ],
+)
+async def test_a_refused_probe_fails_one_review_and_poisons_no_later_template(
+    webhook: Webhook, apiserver: APIServer, code: int, message: str
+) -> None:
+    apiserver.fail_next(
+        "POST", f"/namespaces/team-a/{TEMPLATES}$", code=code, message=message, times=1
+    )
+
+    _, refused = await webhook.post(_multi_gpu_review("team-a"))
+    _, converted = await webhook.post(_multi_gpu_review("team-b"))
+
+    assert refused["response"]["allowed"] is False
+    assert refused["response"]["status"]["code"] == 503
+    assert message in refused["response"]["status"]["message"]
+    assert apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", "team-a") is None
+    assert converted["response"]["allowed"] is True
+    made = apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", "team-b")
+    assert made is not None
+    assert DISTINCT in made["spec"]["spec"]["devices"]["constraints"]
+    _, retried = await webhook.post(_multi_gpu_review("team-a"))
+    assert retried["response"]["allowed"] is True, "the refused namespace is asked again"
+    made = apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", "team-a")
+    assert made is not None
+    assert DISTINCT in made["spec"]["spec"]["devices"]["constraints"]
+
+
+async def test_what_the_api_server_says_of_its_gate_is_asked_once(
+    webhook: Webhook, apiserver: APIServer
+) -> None:
+    apiserver.disabled_features = frozenset({"DRAConsumableCapacity"})
+
+    for namespace in ("team-a", "team-b", "team-c"):
+        _, answer = await webhook.post(_multi_gpu_review(namespace))
+        assert answer["response"]["allowed"] is True
+
+    probes = [r for r in apiserver.requests if r.method == "POST" and r.dry_run]
+    assert all(TEMPLATES in r.path for r in probes)
+    assert len(probes) == 1
+    for namespace in ("team-a", "team-b", "team-c"):
+        made = apiserver.get(TEMPLATES, "gvirtus-legacy-gpu-2", namespace)
+        assert made is not None
+        assert DISTINCT not in made["spec"]["spec"]["devices"]["constraints"]
+
+
+async def test_single_gpu_templates_need_no_probe(webhook: Webhook, apiserver: APIServer) -> None:
+    status, answer = await webhook.post(objects.review_of(objects.legacy_pod(containers={"a": 1})))
+
+    assert status == 200 and answer["response"]["allowed"]
+    posts = [r for r in apiserver.requests if r.method == "POST" and TEMPLATES in r.path]
+    assert [r.dry_run for r in posts] == [False]
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "gvirtus-system"])
+async def test_a_direct_post_for_an_excluded_namespace_creates_nothing(
+    webhook: Webhook, apiserver: APIServer, namespace: str
+) -> None:
+    """Any pod can reach the port; only the API server's choice of namespaces counts."""
+    review = _multi_gpu_review(namespace)
+
+    status, answer = await webhook.post(review)
+
+    assert status == 200
+    assert answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
+    assert [r for r in apiserver.requests if TEMPLATES in r.path and r.method == "POST"] == []
+    assert 'gvirtus_dra_webhook_reviews_total{outcome="excluded"} 1.0' in await webhook.metrics()
+
+
+async def test_a_selector_by_other_labels_stops_conversion_with_the_reason(
+    webhook: Webhook, apiserver: APIServer
+) -> None:
+    changed = configuration()
+    stored = apiserver.get("mutatingwebhookconfigurations", changed["metadata"]["name"])
+    assert stored is not None
+    stored["webhooks"][0]["namespaceSelector"] = {"matchLabels": {"gvirtus.io/legacy": "on"}}
+    apiserver.put(stored)
+
+    async with asyncio.timeout(10):
+        while True:
+            _, answer = await webhook.post(_multi_gpu_review("gvirtus-demo"))
+            if not answer["response"]["allowed"]:
+                break
+            await asyncio.sleep(0.2)
+
+    assert answer["response"]["status"]["code"] == 503
+    assert answer["response"]["status"]["message"] == (
+        "gvirtus-dra: cannot tell whether to convert pods here: the namespaceSelector asks "
+        "about the label 'gvirtus.io/legacy'; the webhook checks namespaces only by "
+        "kubernetes.io/metadata.name (list the namespaces by name instead)"
+    )
+
+
+async def test_without_its_configuration_the_webhook_converts_nothing(
+    apiserver: APIServer, make_webhook: Callable[..., Coroutine[Any, Any, Webhook]]
+) -> None:
+    webhook = await make_webhook()
+
+    status, answer = await webhook.post(_multi_gpu_review("gvirtus-demo"))
+
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert answer["response"]["status"]["code"] == 503
+    assert (
+        "MutatingWebhookConfiguration gvirtus-dra-webhook has not been read"
+        in (answer["response"]["status"]["message"])
+    )
+    assert template_writes(apiserver) == []
 
 
 async def test_metrics_count_reviews_by_outcome(webhook: Webhook) -> None:
