@@ -39,6 +39,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from backend import nftables
+from dra_driver.backoff import Backoff
 from dra_driver.kube.watch import WatchEvent
 from dra_driver.models import (
     ACCESS_DATA_KEY,
@@ -99,8 +100,7 @@ class AccessControl:
         self.node = node
         self.ports = tuple(sorted(set(ports)))
         self.nft = nft
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
+        self._retry = Backoff(initial=retry_initial, maximum=retry_max)
         self._desired: Admitted = {}
         self._installed: Admitted | None = None
         self._read = False
@@ -191,7 +191,6 @@ class AccessControl:
 
     async def run(self) -> None:
         """Apply the latest list whenever it changes; retry failures with a doubling wait."""
-        delay = self.retry_initial
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -204,13 +203,14 @@ class AccessControl:
             except nftables.PacketFilterError as exc:
                 self._apply_error = str(exc)
                 FAILURES.labels("apply").inc()
+                delay = self._retry.next()
                 log.error("applying the access list failed (retrying in %.1fs): %s", delay, exc)
                 SYNCED.set(0)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
                 self._changed.set()
                 continue
-            delay, self._apply_error = self.retry_initial, ""
+            self._retry.reset()
+            self._apply_error = ""
             SYNCED.set(1)
             log.info(
                 "access list applied",

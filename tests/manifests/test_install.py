@@ -265,8 +265,12 @@ LEAST_PRIVILEGE = {
         "cluster: watch resource.k8s.io/resourceclaims",
         "cluster: watch resource.k8s.io/resourceslices",
         "gvirtus-system: create coordination.k8s.io/leases",
+        "gvirtus-system: create core/configmaps",
         "gvirtus-system: get coordination.k8s.io/leases gvirtus-dra-controller",
+        "gvirtus-system: list core/configmaps",
         "gvirtus-system: patch coordination.k8s.io/leases gvirtus-dra-controller",
+        "gvirtus-system: patch core/configmaps",
+        "gvirtus-system: watch core/configmaps",
     ],
     "gvirtus-dra-kubelet-plugin": [
         "cluster: get core/nodes",
@@ -292,7 +296,10 @@ LEAST_PRIVILEGE = {
         "gvirtus-system: get core/secrets gvirtus-dra-webhook-tls",
         "gvirtus-system: update core/secrets gvirtus-dra-webhook-tls",
     ],
-    "gvirtus-dra-backend-agent": [],
+    "gvirtus-dra-backend-agent": [
+        "gvirtus-system: list core/configmaps",
+        "gvirtus-system: watch core/configmaps",
+    ],
 }
 
 
