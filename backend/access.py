@@ -185,7 +185,8 @@ class AccessControl:
         listed = document.admitted()
         if unknown := sorted(set(listed) - set(self.ports)):
             log.warning("the access list names ports no backend here uses: %s (ignored)", unknown)
-        return {port: listed[port] for port in self.ports if port in listed}
+        # Ports without addresses are left out, so equal lists compare equal.
+        return {port: listed[port] for port in self.ports if listed.get(port)}
 
     # -- applying ---------------------------------------------------------------------
 
