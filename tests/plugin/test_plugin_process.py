@@ -73,6 +73,13 @@ async def register(process: PluginProcess) -> Plugin:
     return await kubelet.register(process.dirs.registry / process.registration_socket_name)
 
 
+async def recovered(process: PluginProcess, timeout: float = 30) -> None:
+    """Wait until a started plugin has repaired its state (its sockets serve before that)."""
+    async with asyncio.timeout(timeout):
+        while "recovered state" not in process.logs():
+            await asyncio.sleep(0.02)
+
+
 def invariants(dirs: PluginDirs) -> dict[str, Any]:
     """Disk and checkpoint agree: what a restarted node must always find."""
     recorded = json.loads((dirs.data_dir / "checkpoint.json").read_text())["claims"]
@@ -446,7 +453,9 @@ async def test_random_kills_during_concurrent_prepares_never_leave_orphans(
         process.kill()
         await asyncio.gather(*calls, return_exceptions=True)
         await plugin.close()
-        plugin = await register(await start())
+        restarted = await start()
+        plugin = await register(restarted)
+        await recovered(restarted)
         invariants(node_dirs)
         await plugin.close()
 
