@@ -713,6 +713,46 @@ async def test_every_kubelet_version_hears_the_same_health_on_its_own_service(
         await plugin.close()
 
 
+@pytest.mark.parametrize(
+    ("apiserver", "api_version"),
+    [(("1.36", frozenset()), "resource.k8s.io/v1beta2"), ("1.37", "resource.k8s.io/v1")],
+    ids=["1.36-gate-on", "1.37"],
+    indirect=["apiserver"],
+)
+async def test_a_drained_device_stays_healthy_and_is_still_prepared(
+    apiserver: APIServer, start: Callable[..., Any], api_version: str
+) -> None:
+    """A DeviceTaintRule is an admin's policy, not a failure: the plugin's answers stay."""
+    first, second = (
+        objects.allocated_claim(name=name, results=[Result("backend-node-a", "gpu-0")])
+        for name in ("before-drain", "after-drain")
+    )
+    for claim in (first, second):
+        apiserver.put(claim)
+    plugin = await register(await start())
+    await plugin.prepare([claim_of(first)])
+    stream = plugin.watch_health()
+    key = ("backend-node-a", "gpu-0")
+    await next_health(stream, lambda r: key in health_of(r))
+
+    apiserver.put(
+        objects.device_taint_rule(
+            name="drain-backend-node-a",
+            api_version=api_version,
+            pool="backend-node-a",
+            effect="NoExecute",
+        )
+    )
+    later = [await next_health(stream, lambda r: key in health_of(r)) for _ in range(3)]
+    prepared = await plugin.prepare([claim_of(second)])
+
+    assert [health_of(r)[key] for r in later] == [("HEALTHY", "")] * 3
+    assert prepared[second["metadata"]["uid"]].error == ""
+    assert apiserver.list("devicetaintrules"), "the rule is there to be read, by whoever reads"
+    await stream.aclose()
+    await plugin.close()
+
+
 async def test_health_repeats_the_full_list_while_nothing_changes(
     apiserver: APIServer, start: Callable[..., Any]
 ) -> None:
