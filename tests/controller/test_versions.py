@@ -44,6 +44,38 @@ TABLE = {
     "1.36": Row(taints=True, capacity=True, binding=True, extended_resource=True),
     "1.37": Row(taints=True, capacity=True, binding=True, extended_resource=True),
 }
+DOCUMENTED = {
+    "taints": "Device taints",
+    "binding": "Binding conditions",
+    "capacity": "Consumable capacity",
+    "extended_resource": "Extended resource",
+}
+
+
+def documented() -> dict[str, Row]:
+    """The "What each version gives by default" table of docs/versions.md, as Rows."""
+    lines = (ROOT / "docs" / "versions.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| Feature (gate)"))
+    releases = [c.strip() for c in lines[header].strip("|").split("|")][1:]
+    cells: dict[str, list[str]] = {}
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        feature, *values = (c.strip() for c in line.strip("|").split("|"))
+        cells[feature] = values
+    return {
+        release: Row(
+            **{
+                field: "off" not in next(v for f, v in cells.items() if f.startswith(name))[i]
+                for field, name in DOCUMENTED.items()
+            }
+        )
+        for i, release in enumerate(releases)
+    }
+
+
+def test_the_documented_table_is_the_one_tested() -> None:
+    assert documented() == TABLE
 
 
 def by_release() -> Any:
