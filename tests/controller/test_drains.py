@@ -18,7 +18,19 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
-from dra_driver.controller.drains import DRAINED, EFFECTS, Rule, drained, rule_of, strongest
+from dra_driver.controller.drains import (
+    DRAINED,
+    EFFECTS,
+    DrainRules,
+    Drains,
+    Rule,
+    drained,
+    rule_of,
+    strongest,
+)
+from dra_driver.controller.pools import node_info
+from dra_driver.controller.slices import SliceStore
+from dra_driver.kube.index import Index
 from tests.controller.conftest import Cluster
 from tests.support import objects
 from tests.support.apiserver import APIServer
@@ -99,6 +111,26 @@ def test_each_device_counts_once_by_its_strongest_effect() -> None:
         {n: r for n, r in parsed.items() if r is not None}, POOLS, driver="gpu.gvirtus.io"
     )
     assert strongest(found) == {"NoExecute": 1, "NoSchedule": 1, "None": 1}
+
+
+@pytest.mark.parametrize(
+    ("honoured", "effect", "warned"),
+    [(True, "NoSchedule", False), (False, "NoSchedule", True), (False, "None", False)],
+    ids=["kube-scheduler", "kai-without-taints", "kai-mark-only"],
+)
+def test_where_the_allocator_ignores_taints_the_event_says_so(
+    honoured: bool, effect: str, warned: bool
+) -> None:
+    drains = Drains(
+        driver="gpu.gvirtus.io",
+        rules=DrainRules(driver="gpu.gvirtus.io"),
+        store=SliceStore(driver="gpu.gvirtus.io"),
+        nodes=Index(node_info),
+        events=None,  # never used: only the message is asked for
+        honoured=honoured,
+    )
+    message = drains._drained_message("node-a", rule(pool="node-a", effect=effect), ("gpu-0",))
+    assert ("KAI-Scheduler's allocator ignores device taints" in message) == warned
 
 
 # -- the controller against each release ---------------------------------------------
