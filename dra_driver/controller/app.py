@@ -6,7 +6,8 @@ Lease so a standby replica takes over without waiting for it to expire.
 
 While leading, the work is split between owners, each wired here once:
 
-* informers (:mod:`informers`): agent pods, nodes, our slices, claims, pods;
+* informers (:mod:`informers`): agent pods, nodes, our slices, claims, pods,
+  DeviceTaintRules (v1, else v1beta2, else none);
 * :class:`agents.Agents`: one state per node's agent, polled by :class:`poller.Poller`;
 * :class:`tracker.HealthTracker`: the verdict on every GPU, and withdrawals;
 * :class:`features.FeatureGates`: which gated fields the API server keeps;
@@ -14,6 +15,8 @@ While leading, the work is split between owners, each wired here once:
   by :class:`slices.Publisher`;
 * :class:`claimstatus.ClaimStatus`: claims' device status, reading a
   :class:`view.DeviceView`;
+* :class:`drains.Drains`: admins' DeviceTaintRules on our devices, in metrics and
+  Events;
 * :class:`loop.Loop`: the rounds.
 """
 
@@ -30,6 +33,7 @@ from dra_driver import __version__, httpserver
 from dra_driver.controller.agents import Agents
 from dra_driver.controller.claims import ClaimIndex
 from dra_driver.controller.claimstatus import ClaimStatus
+from dra_driver.controller.drains import DrainRules, Drains
 from dra_driver.controller.features import FeatureGates, Features
 from dra_driver.controller.health import Thresholds
 from dra_driver.controller.informers import Informer
@@ -47,7 +51,14 @@ from dra_driver.controller.view import DeviceView
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
 from dra_driver.kube.index import Index
-from dra_driver.kube.resources import NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
+from dra_driver.kube.resources import (
+    DEVICE_TAINT_RULES,
+    DEVICE_TAINT_RULES_V1BETA2,
+    NODES,
+    PODS,
+    RESOURCE_CLAIMS,
+    RESOURCE_SLICES,
+)
 from dra_driver.lifecycle import freeze_startup_objects, raise_file_limit, stop_on_signals
 from dra_driver.quantity import parse_bytes
 
@@ -193,6 +204,15 @@ def wire(
         clock=clock,
         wall=wall,
     )
+    rules = DrainRules(driver=s.driver_name)
+    drains = Drains(
+        driver=s.driver_name,
+        rules=rules,
+        store=store,
+        nodes=nodes,
+        events=events,
+        honoured=policy.allocator.taints,
+    )
     watches = (
         Informer(
             PODS,
@@ -205,6 +225,15 @@ def wire(
         Informer(RESOURCE_SLICES, store, synced=store.synced, label_selector=store.label_selector),
         Informer(RESOURCE_CLAIMS, claims),
         Informer(PODS, pods, synced=pods.synced),
+        Informer(
+            DEVICE_TAINT_RULES,
+            rules,
+            fallbacks=(DEVICE_TAINT_RULES_V1BETA2,),
+            unserved=(
+                "admin drains cannot be seen (1.36 serves them only with the "
+                "DRADeviceTaintRules gate and resource.k8s.io/v1beta2 on; 1.35 not by default)"
+            ),
+        ),
     )
     return Loop(
         kube=kube,
@@ -216,6 +245,7 @@ def wire(
         tracker=tracker,
         view=view,
         status=status,
+        drains=drains,
         interval=s.poll_interval,
         grace=s.grace_period,
         clock=clock,
