@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import manifests, netns, rbac
-from tests.support.apiserver import APIServer
+from tests.support.apiserver import DEFAULT_OFF, APIServer
 from tests.support.processes import PluginDirs
 
 
@@ -48,9 +48,21 @@ COMPONENT_ROLES = {
 
 
 @pytest.fixture
-def apiserver(short_tmp: pathlib.Path) -> Iterator[APIServer]:
-    """The test API server; afterwards, every component's requests must fit its shipped RBAC."""
-    server = APIServer(tls_dir=short_tmp / "apiserver-tls", bookmark_interval=0.5).start()
+def apiserver(short_tmp: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[APIServer]:
+    """The test API server; afterwards, every component's requests must fit its shipped RBAC.
+
+    Unparametrized it plays 1.36 with every gate on (the captures' cluster). Parametrize
+    it indirectly with a release (``"1.37"``) to play that release as installed, with
+    its default gates, or with ``(release, disabled gates)``.
+    """
+    param = getattr(request, "param", None)
+    release, disabled = ("1.36", frozenset()) if param is None else played(param)
+    server = APIServer(
+        tls_dir=short_tmp / "apiserver-tls",
+        bookmark_interval=0.5,
+        release=release,
+        disabled_features=disabled,
+    ).start()
     yield server
     server.stop()
     for component, (path, account) in COMPONENT_ROLES.items():
@@ -59,6 +71,13 @@ def apiserver(short_tmp: pathlib.Path) -> Iterator[APIServer]:
         )
         missing = rbac.denied(server.requests, component=component, allowed=allowed)
         assert missing == [], f"{path} does not let the {component} {missing}"
+
+
+def played(param: str | tuple[str, frozenset[str]]) -> tuple[str, frozenset[str]]:
+    """(release, disabled gates) of an ``apiserver`` parameter."""
+    if isinstance(param, str):
+        return param, DEFAULT_OFF[param]
+    return param
 
 
 @pytest.fixture

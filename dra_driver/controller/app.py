@@ -6,7 +6,8 @@ Lease so a standby replica takes over without waiting for it to expire.
 
 While leading, the work is split between owners, each wired here once:
 
-* informers (:mod:`informers`): agent pods, nodes, our slices, claims, pods;
+* informers (:mod:`informers`): agent pods, nodes, our slices, claims, pods,
+  DeviceTaintRules (v1, else v1beta2, else none);
 * :class:`agents.Agents`: one state per node's agent, polled by :class:`poller.Poller`;
 * :class:`tracker.HealthTracker`: the verdict on every GPU, and withdrawals;
 * :class:`features.FeatureGates`: which gated fields the API server keeps;
@@ -14,6 +15,8 @@ While leading, the work is split between owners, each wired here once:
   by :class:`slices.Publisher`;
 * :class:`claimstatus.ClaimStatus`: claims' device status, reading a
   :class:`view.DeviceView`;
+* :class:`drains.Drains`: admins' DeviceTaintRules on our devices, in metrics and
+  Events;
 * :class:`access.AccessPublisher`: who may connect to each backend, woken by the
   claim and pod watches directly, beside the rounds;
 * :class:`loop.Loop`: the rounds.
@@ -34,6 +37,7 @@ from dra_driver.controller.access import AccessPublisher
 from dra_driver.controller.agents import Agents
 from dra_driver.controller.claims import ClaimIndex
 from dra_driver.controller.claimstatus import ClaimStatus
+from dra_driver.controller.drains import DrainRules, Drains
 from dra_driver.controller.features import FeatureGates, Features
 from dra_driver.controller.health import Thresholds
 from dra_driver.controller.informers import Informer
@@ -51,7 +55,15 @@ from dra_driver.controller.view import DeviceView
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
 from dra_driver.kube.index import Index
-from dra_driver.kube.resources import CONFIG_MAPS, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
+from dra_driver.kube.resources import (
+    CONFIG_MAPS,
+    DEVICE_TAINT_RULES,
+    DEVICE_TAINT_RULES_V1BETA2,
+    NODES,
+    PODS,
+    RESOURCE_CLAIMS,
+    RESOURCE_SLICES,
+)
 from dra_driver.lifecycle import freeze_startup_objects, raise_file_limit, stop_on_signals
 from dra_driver.quantity import parse_bytes
 
@@ -200,6 +212,15 @@ def wire(
         clock=clock,
         wall=wall,
     )
+    rules = DrainRules(driver=s.driver_name)
+    drains = Drains(
+        driver=s.driver_name,
+        rules=rules,
+        store=store,
+        nodes=nodes,
+        events=events,
+        honoured=policy.allocator.taints,
+    )
     access = AccessPublisher(
         kube=kube,
         namespace=s.namespace,
@@ -230,6 +251,15 @@ def wire(
             namespace=s.namespace,
             label_selector=ACCESS_SELECTOR,
         ),
+        Informer(
+            DEVICE_TAINT_RULES,
+            rules,
+            fallbacks=(DEVICE_TAINT_RULES_V1BETA2,),
+            unserved=(
+                "admin drains cannot be seen (1.36 serves them only with the "
+                "DRADeviceTaintRules gate and resource.k8s.io/v1beta2 on; 1.35 not by default)"
+            ),
+        ),
     )
     loop = Loop(
         kube=kube,
@@ -241,6 +271,7 @@ def wire(
         tracker=tracker,
         view=view,
         status=status,
+        drains=drains,
         interval=s.poll_interval,
         grace=s.grace_period,
         clock=clock,

@@ -179,7 +179,7 @@ class ClaimStatus:
         bound = self._bound(claim)
         found: list[Any] = [claim, bound]
         for device in claim.devices:
-            judgement = self._judge(key, device, bound=bound)
+            judgement = self._judge(key, device)
             verdict = judgement.verdict
             found.append((judgement.device, verdict.key if verdict else None, judgement.fresh))
         if _undecided(claim, bound=bound):
@@ -189,7 +189,7 @@ class ClaimStatus:
     def _bound(self, claim: Claim) -> bool:
         return self.pods.any_bound(claim.reserved)
 
-    def _judge(self, key: str, device: Allocated, *, bound: bool) -> Judgement:
+    def _judge(self, key: str, device: Allocated) -> Judgement:
         published = self.devices.device(device.pool, device.device)
         verdict = self.devices.verdict(device.pool, published.index) if published else None
         answered = self.devices.answered(device.pool)
@@ -224,7 +224,7 @@ class ClaimStatus:
             waited = now - first
             if claim.allocated_at is not None:
                 waited = max(waited, self.wall() - claim.allocated_at)
-            judgement = self._judge(key, device, bound=bound)
+            judgement = self._judge(key, device)
             current = claim.entry(device.key)
             binding_phase = device.waits and not bound
             assessment = binding.assess(

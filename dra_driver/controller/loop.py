@@ -1,5 +1,7 @@
 """The leader's loop: poll every agent, publish every pool that changed, every interval.
 
+Each round also looks at admins' drains of the published devices (:mod:`drains`).
+
 Before the first round every informer that must be listed has been, and the API
 server's features are probed (again every ten minutes). Claim status starts after
 the first round, when verdicts are known, and is woken whenever a verdict or a
@@ -19,6 +21,7 @@ from prometheus_client import Histogram
 from dra_driver.controller import informers
 from dra_driver.controller.agents import Agents
 from dra_driver.controller.claimstatus import ClaimStatus
+from dra_driver.controller.drains import Drains
 from dra_driver.controller.features import REPROBE_EVERY, FeatureGates
 from dra_driver.controller.informers import Informer
 from dra_driver.controller.poller import Poller
@@ -48,6 +51,7 @@ class Loop:
     tracker: HealthTracker
     view: DeviceView
     status: ClaimStatus
+    drains: Drains
     interval: float
     grace: float
     clock: Callable[[], float] = time.monotonic
@@ -83,6 +87,7 @@ class Loop:
         self.agents.sync()
         await self.agents.poll(self.poller)
         await self.pools.sync_all()
+        self.drains.sync()
         self.agents.report(now=self.clock(), grace=self.grace)
         self.tracker.report()
         self.last_round = self.clock()

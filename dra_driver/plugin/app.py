@@ -31,7 +31,7 @@ from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
 from dra_driver.plugin.checkpoint import CheckpointFile
 from dra_driver.plugin.driver import servicers
 from dra_driver.plugin.faults import pause_point
-from dra_driver.plugin.health import HealthService
+from dra_driver.plugin.health import HealthReporter, HealthV1, HealthV1alpha1
 from dra_driver.plugin.locking import Serializer
 from dra_driver.plugin.probes import SocketProbe
 from dra_driver.plugin.registration import RegistrationService
@@ -109,12 +109,14 @@ def _local_state(*, settings: PluginSettings, stack: contextlib.AsyncExitStack) 
 
 def _server(*, settings: PluginSettings, state: State) -> PluginServer:
     dra_v1, dra_v1beta1 = servicers(state=state)
+    health = HealthReporter(state=state, slices=state.slices, interval=settings.health_interval)
     return PluginServer(
         dra_socket=settings.dra_socket,
         registration_socket=settings.registration_socket,
         dra_v1=dra_v1,
         dra_v1beta1=dra_v1beta1,
-        health=HealthService(state=state, slices=state.slices, interval=settings.health_interval),
+        health_v1=HealthV1(reporter=health),
+        health_v1alpha1=HealthV1alpha1(reporter=health),
         registration=RegistrationService(driver=settings.driver_name, endpoint=settings.dra_socket),
     )
 

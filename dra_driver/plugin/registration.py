@@ -21,8 +21,17 @@ log = logging.getLogger(__name__)
 
 PLUGIN_TYPE = "DRAPlugin"
 
-SUPPORTED_SERVICES = ("v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth")
-"""In order of preference: the kubelet picks the first of these it supports."""
+SUPPORTED_SERVICES = (
+    "v1.DRAPlugin",
+    "v1beta1.DRAPlugin",
+    "v1.DRAResourceHealth",
+    "v1alpha1.DRAResourceHealth",
+)
+"""In order of preference: the kubelet picks the first DRA service of these it supports.
+
+A 1.37 kubelet picks the health service from this list too, preferring v1; 1.35 and
+1.36 kubelets call v1alpha1 whatever the list says, so both are served and named.
+"""
 
 
 class RegistrationService(reg_grpc.RegistrationServicer):

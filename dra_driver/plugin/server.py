@@ -26,7 +26,8 @@ from grpc import aio
 from dra_driver.errors import StartupError
 from dra_driver.kubeletapi.dra.v1 import api_pb2_grpc as v1_grpc
 from dra_driver.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
-from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
+from dra_driver.kubeletapi.dra_health.v1 import api_pb2_grpc as health_v1_grpc
+from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2_grpc as health_v1alpha1_grpc
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from dra_driver.plugin import metrics
 
@@ -95,7 +96,11 @@ def _code_name(context: Any) -> str | None:
 
 
 class PluginServer:
-    """Owns the DRA service server and the registration server."""
+    """Owns the DRA service server and the registration server.
+
+    The DRA socket serves every version a supported kubelet may call: DRA ``v1`` and
+    ``v1beta1``, and health ``v1`` (1.37) and ``v1alpha1`` (1.35, 1.36).
+    """
 
     def __init__(
         self,
@@ -104,26 +109,28 @@ class PluginServer:
         registration_socket: pathlib.Path,
         dra_v1: Any,
         dra_v1beta1: Any,
-        health: Any,
+        health_v1: Any,
+        health_v1alpha1: Any,
         registration: Any,
     ) -> None:
         self.dra_socket = dra_socket
         self.registration_socket = registration_socket
-        self._services = (dra_v1, dra_v1beta1, health, registration)
+        self._services = (dra_v1, dra_v1beta1, health_v1, health_v1alpha1, registration)
         self._dra: aio.Server | None = None
         self._registration: aio.Server | None = None
         self._bound: list[pathlib.Path] = []
 
     async def start(self) -> None:
         """Serve the DRA socket, then announce it through the registration socket."""
-        dra_v1, dra_v1beta1, health, registration = self._services
+        dra_v1, dra_v1beta1, health_v1, health_v1alpha1, registration = self._services
         self.dra_socket.parent.mkdir(parents=True, exist_ok=True)
         self.registration_socket.parent.mkdir(parents=True, exist_ok=True)
 
         self._dra = aio.server(interceptors=[_MetricsInterceptor()], options=_OPTIONS)
         v1_grpc.add_DRAPluginServicer_to_server(dra_v1, self._dra)
         v1beta1_grpc.add_DRAPluginServicer_to_server(dra_v1beta1, self._dra)
-        health_grpc.add_DRAResourceHealthServicer_to_server(health, self._dra)
+        health_v1_grpc.add_DRAResourceHealthServicer_to_server(health_v1, self._dra)
+        health_v1alpha1_grpc.add_DRAResourceHealthServicer_to_server(health_v1alpha1, self._dra)
         await _listen(self._dra, self.dra_socket)
         self._bound.append(self.dra_socket)
 

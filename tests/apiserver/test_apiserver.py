@@ -416,15 +416,15 @@ async def gated_session(server: APIServer) -> aiohttp.ClientSession:
 
 
 @pytest.mark.parametrize(
-    ("gate", "create", "existing"),
+    ("gates", "create", "existing"),
     [
         (
-            "DRAConsumableCapacity",
+            ("DRAConsumableCapacity",),
             "06-consumablecapacity-off-create-slice.json",
             "06-consumablecapacity-off-update-existing-slice.json",
         ),
         (
-            "DRADeviceTaints",
+            ("DRADeviceTaints", "DRADeviceTaintRules"),  # as captured: one needs the other
             "06-devicetaints-off-create-slice-with-taint.json",
             "06-devicetaints-off-get-existing-tainted-slice.json",
         ),
@@ -432,9 +432,9 @@ async def gated_session(server: APIServer) -> aiohttp.ClientSession:
     ids=["consumable-capacity", "device-taints"],
 )
 async def test_gate_off_drops_fields_on_create_and_keeps_them_where_in_use(
-    gates_off: Any, gate: str, create: str, existing: str
+    gates_off: Any, gates: tuple[str, ...], create: str, existing: str
 ) -> None:
-    server = gates_off(gate)
+    server = gates_off(*gates)
     try:
         stored = fixture_object(existing)
         stored["metadata"] = {"name": stored["metadata"]["name"]}

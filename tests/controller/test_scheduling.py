@@ -108,7 +108,7 @@ async def test_a_failed_binding_is_tainted_first_and_the_next_attempt_goes_elsew
 async def test_without_taints_a_failed_gpu_leaves_its_pool_until_it_recovers(
     cluster: Cluster,
 ) -> None:
-    cluster.apiserver.disabled_features = frozenset({"DRADeviceTaints"})
+    cluster.apiserver.disabled_features = frozenset({"DRADeviceTaints", "DRADeviceTaintRules"})
     agent = await cluster.add_backend("gpu-node-a", gpus=2)
     cluster.start_controller(binding_conditions=True, max_utilization=90)
     await cluster.until(lambda: len(cluster.devices("gpu-node-a")) == 2)

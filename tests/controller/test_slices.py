@@ -123,7 +123,10 @@ async def test_a_slice_someone_else_created_is_adopted(
     ("gates", "features"),
     [
         (frozenset(), Features(taints=True, capacity=True)),
-        (frozenset({"DRADeviceTaints"}), Features(taints=False, capacity=True)),
+        (
+            frozenset({"DRADeviceTaints", "DRADeviceTaintRules"}),
+            Features(taints=False, capacity=True),
+        ),
         (frozenset({"DRAConsumableCapacity"}), Features(taints=True, capacity=False)),
     ],
     ids=["all-on", "taints-off", "capacity-off"],

@@ -69,8 +69,17 @@ def start(
             process.kill()
 
 
-async def register(process: PluginProcess) -> Plugin:
-    return await kubelet.register(process.dirs.registry / process.registration_socket_name)
+async def register(process: PluginProcess, *, kubelet_version: str = "1.37") -> Plugin:
+    return await kubelet.register(
+        process.dirs.registry / process.registration_socket_name, kubelet=kubelet_version
+    )
+
+
+async def recovered(process: PluginProcess, timeout: float = 30) -> None:
+    """Wait until a started plugin has repaired its state (its sockets serve before that)."""
+    async with asyncio.timeout(timeout):
+        while "recovered state" not in process.logs():
+            await asyncio.sleep(0.02)
 
 
 def invariants(dirs: PluginDirs) -> dict[str, Any]:
@@ -106,6 +115,7 @@ async def test_registers_like_the_kubelet_expects(
     assert list(plugin.info.supported_versions) == [
         "v1.DRAPlugin",
         "v1beta1.DRAPlugin",
+        "v1.DRAResourceHealth",
         "v1alpha1.DRAResourceHealth",
     ]
     assert plugin.service == "v1.DRAPlugin"
@@ -446,7 +456,9 @@ async def test_random_kills_during_concurrent_prepares_never_leave_orphans(
         process.kill()
         await asyncio.gather(*calls, return_exceptions=True)
         await plugin.close()
-        plugin = await register(await start())
+        restarted = await start()
+        plugin = await register(restarted)
+        await recovered(restarted)
         invariants(node_dirs)
         await plugin.close()
 
@@ -630,6 +642,113 @@ async def test_health_follows_taints_and_pool_membership(
     )
     back = await next_health(stream, lambda r: health_of(r).get(key, ("",))[0] == "HEALTHY")
     assert health_of(back)[key] == ("HEALTHY", "")
+    await stream.aclose()
+    await plugin.close()
+
+
+def reported(response: Any) -> list[tuple[str, str, str, str, int]]:
+    """A response as the kubelet reads it, whichever proto version carried it."""
+    return sorted(
+        (
+            d.device.pool_name,
+            d.device.device_name,
+            health_pb.HealthStatus.Name(d.health),
+            d.message,
+            d.health_check_timeout_seconds,
+        )
+        for d in response.devices
+    )
+
+
+KUBELET_HEALTH = [
+    ("1.35", None),
+    ("1.36", kubelet.HEALTH_V1ALPHA1),
+    ("1.37", kubelet.HEALTH_V1),
+]
+
+
+async def test_every_kubelet_version_hears_the_same_health_on_its_own_service(
+    apiserver: APIServer, start: Callable[..., Any]
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    apiserver.put(claim)
+    process = await start()
+    plugins = {
+        version: await register(process, kubelet_version=version) for version, _ in KUBELET_HEALTH
+    }
+    assert {v: p.health_service for v, p in plugins.items()} == dict(KUBELET_HEALTH)
+    with pytest.raises(kubelet.KubeletError, match="ResourceHealthStatus is off"):
+        await anext(plugins["1.35"].watch_health())
+    await plugins["1.37"].prepare([claim_of(claim)])
+    streams = {v: plugins[v].watch_health() for v in ("1.36", "1.37")}
+    key = ("backend-node-a", "gpu-0")
+
+    healthy = {v: await next_health(s, lambda r: key in health_of(r)) for v, s in streams.items()}
+    apiserver.put(
+        objects.backend_slice(
+            pool="backend-node-a",
+            generation=2,
+            devices=[
+                Device("gpu-0", taints=(("gvirtus.io/unhealthy", "backend-down", "NoExecute"),)),
+                Device("gpu-1", port=10000),
+            ],
+        )
+    )
+    down = {
+        v: await next_health(s, lambda r: health_of(r).get(key, ("",))[0] == "UNHEALTHY")
+        for v, s in streams.items()
+    }
+
+    assert reported(healthy["1.36"]) == reported(healthy["1.37"])
+    assert reported(down["1.36"]) == reported(down["1.37"])
+    assert health_of(down["1.37"])[key] == (
+        "UNHEALTHY",
+        "backend unhealthy: backend-down (NoExecute)",
+    )
+    assert type(down["1.37"]).DESCRIPTOR.full_name == "v1.NodeWatchResourcesResponse"
+    assert type(down["1.36"]).DESCRIPTOR.full_name == "v1alpha1.NodeWatchResourcesResponse"
+    for stream in streams.values():
+        await stream.aclose()
+    for plugin in plugins.values():
+        await plugin.close()
+
+
+@pytest.mark.parametrize(
+    ("apiserver", "api_version"),
+    [(("1.36", frozenset()), "resource.k8s.io/v1beta2"), ("1.37", "resource.k8s.io/v1")],
+    ids=["1.36-gate-on", "1.37"],
+    indirect=["apiserver"],
+)
+async def test_a_drained_device_stays_healthy_and_is_still_prepared(
+    apiserver: APIServer, start: Callable[..., Any], api_version: str
+) -> None:
+    """A DeviceTaintRule is an admin's policy, not a failure: the plugin's answers stay."""
+    first, second = (
+        objects.allocated_claim(name=name, results=[Result("backend-node-a", "gpu-0")])
+        for name in ("before-drain", "after-drain")
+    )
+    for claim in (first, second):
+        apiserver.put(claim)
+    plugin = await register(await start())
+    await plugin.prepare([claim_of(first)])
+    stream = plugin.watch_health()
+    key = ("backend-node-a", "gpu-0")
+    await next_health(stream, lambda r: key in health_of(r))
+
+    apiserver.put(
+        objects.device_taint_rule(
+            name="drain-backend-node-a",
+            api_version=api_version,
+            pool="backend-node-a",
+            effect="NoExecute",
+        )
+    )
+    later = [await next_health(stream, lambda r: key in health_of(r)) for _ in range(3)]
+    prepared = await plugin.prepare([claim_of(second)])
+
+    assert [health_of(r)[key] for r in later] == [("HEALTHY", "")] * 3
+    assert prepared[second["metadata"]["uid"]].error == ""
+    assert apiserver.list("devicetaintrules"), "the rule is there to be read, by whoever reads"
     await stream.aclose()
     await plugin.close()
 

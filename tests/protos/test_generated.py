@@ -1,4 +1,4 @@
-"""The committed stubs match protos/ and the wire contract of Kubernetes 1.36."""
+"""The committed stubs match protos/ and the wire contract of Kubernetes 1.36 and 1.37."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -44,13 +45,14 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: pathlib.Path) -> Non
             ["NodePrepareResources", "NodeUnprepareResources"],
         ),
         ("dra_health.v1alpha1", "v1alpha1.DRAResourceHealth", ["NodeWatchResources"]),
+        ("dra_health.v1", "v1.DRAResourceHealth", ["NodeWatchResources"]),
         (
             "pluginregistration.v1",
             "pluginregistration.Registration",
             ["GetInfo", "NotifyRegistrationStatus"],
         ),
     ],
-    ids=["dra-v1", "dra-v1beta1", "health-v1alpha1", "registration"],
+    ids=["dra-v1", "dra-v1beta1", "health-v1alpha1", "health-v1", "registration"],
 )
 def test_service_paths_are_the_kubelets(module: str, service: str, methods: list[str]) -> None:
     pb = importlib.import_module(f"dra_driver.kubeletapi.{module}.api_pb2")
@@ -84,6 +86,16 @@ FIELDS = {
         "message": 5,
     },
     ("dra_health.v1alpha1", "DeviceIdentifier"): {"pool_name": 1, "device_name": 2},
+    ("dra_health.v1alpha1", "NodeWatchResourcesResponse"): {"devices": 1},
+    ("dra_health.v1", "DeviceHealth"): {
+        "device": 1,
+        "health": 2,
+        "last_updated_time": 3,
+        "health_check_timeout_seconds": 4,
+        "message": 5,
+    },
+    ("dra_health.v1", "DeviceIdentifier"): {"pool_name": 1, "device_name": 2},
+    ("dra_health.v1", "NodeWatchResourcesResponse"): {"devices": 1},
     ("pluginregistration.v1", "PluginInfo"): {
         "type": 1,
         "name": 2,
@@ -111,3 +123,34 @@ def test_share_id_is_optional_so_absence_is_visible() -> None:
 
     device = api_pb2.Device(pool_name="p", device_name="d")
     assert not device.HasField("share_id")
+
+
+@pytest.mark.parametrize("module", ["dra_health.v1alpha1", "dra_health.v1"])
+def test_health_status_numbers_are_the_wire_contract(module: str) -> None:
+    pb = importlib.import_module(f"dra_driver.kubeletapi.{module}.api_pb2")
+    values = pb.DESCRIPTOR.enum_types_by_name["HealthStatus"].values
+    assert {v.name: v.number for v in values} == {"UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+
+
+def test_health_v1_and_v1alpha1_encode_the_same_bytes() -> None:
+    """A kubelet of either version decodes what the other version's stub encodes."""
+    from dra_driver.kubeletapi.dra_health.v1 import api_pb2 as v1
+    from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as v1alpha1
+
+    def response(pb: object) -> bytes:
+        make: Any = pb
+        return bytes(
+            make.NodeWatchResourcesResponse(
+                devices=[
+                    make.DeviceHealth(
+                        device=make.DeviceIdentifier(pool_name="node-a", device_name="gpu-0"),
+                        health=make.UNHEALTHY,
+                        last_updated_time=1_780_000_000,
+                        health_check_timeout_seconds=16,
+                        message="backend unhealthy",
+                    )
+                ]
+            ).SerializeToString()
+        )
+
+    assert response(v1) == response(v1alpha1)

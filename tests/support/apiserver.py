@@ -21,6 +21,13 @@ What it does, per resource type it knows (see :data:`KINDS`):
   uid/resourceVersion preconditions and finalizers;
 * validation a component can trip over: immutable fields, slice limits.
 
+It plays one release (``release``: 1.35, 1.36 or 1.37) with some feature gates off
+(``disabled_features``; :data:`DEFAULT_OFF` lists each release's defaults): gated
+fields are dropped on write, and DeviceTaintRules are served as that release serves
+them, ``resource.k8s.io/v1beta2`` in 1.36 with DRADeviceTaintRules on (and the beta
+API enabled, as on the captures' cluster), ``resource.k8s.io/v1`` in 1.37, not at all
+in 1.35 (its alpha ``v1alpha3`` is not modelled). Every other kind is served alike.
+
 Where it deliberately does less (and no component may rely on the difference):
 
 * ``limit`` is ignored (the whole list comes back without ``continue``), which the
@@ -107,6 +114,40 @@ GATED_DEVICE_FIELDS = {
 }
 
 
+RELEASES = ("1.35", "1.36", "1.37")
+"""The Kubernetes minor versions the server can play (``APIServer(release=...)``)."""
+DEFAULT_OFF: Mapping[str, frozenset[str]] = {
+    "1.35": frozenset(
+        {
+            "DRADeviceTaints",
+            "DRADeviceTaintRules",
+            "DRAConsumableCapacity",
+            "DRADeviceBindingConditions",
+            "DRAExtendedResource",
+            "DRAPartitionableDevices",
+        }
+    ),
+    "1.36": frozenset({"DRADeviceTaintRules"}),
+    "1.37": frozenset(),
+}
+"""DRA gates off by default in each release (docs/dra-facts §3 and §8): pass as
+``disabled_features`` for a cluster as installed. Without it, every gate is on, as on
+the cluster the 1.36 captures come from."""
+GATE_DEPENDENCIES = {"DRADeviceTaintRules": ("DRADeviceTaints",)}
+
+
+def gate_problem(disabled: frozenset[str]) -> str | None:
+    """Why a real API server would refuse to start with these gates off, or None."""
+    for gate, needs in GATE_DEPENDENCIES.items():
+        missing = [n for n in needs if n in disabled]
+        if gate not in disabled and missing:
+            return (
+                f"{gate} is enabled, but depends on features that are disabled: "
+                f"[{', '.join(missing)}]"
+            )
+    return None
+
+
 def _uses(obj: Obj | None, gate: str) -> bool:
     if obj is None:
         return False
@@ -152,6 +193,14 @@ class Kind:
     strategy: Strategy | None = None
     decode: Callable[[Obj], str | None] | None = None
     """A check the real server makes while decoding: its failure is a 400, not a 422."""
+    gate: str | None = None
+    """Served only while this feature gate is on."""
+    releases: frozenset[str] = frozenset(RELEASES)
+    """Served only by these releases (a version that came or went)."""
+
+    def served(self, *, release: str, disabled: frozenset[str]) -> bool:
+        """Whether a server of ``release`` with ``disabled`` gates serves this kind."""
+        return release in self.releases and (self.gate is None or self.gate not in disabled)
 
     @property
     def api_version(self) -> str:
@@ -514,6 +563,49 @@ _TIME_FIELDS = frozenset(
 _MICRO_TIME_FIELDS = frozenset({"acquireTime", "renewTime"})
 
 
+TAINT_EFFECTS = ("NoExecute", "NoSchedule", "None")
+
+
+def _taint_rule_strategy(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None:
+    """Fill ``timeAdded`` (kept while the taint stays the same); a new rule's status is empty."""
+    taint = _dig(new, "spec", "taint")
+    if isinstance(taint, dict) and not taint.get("timeAdded"):
+        before = _dig(old, "spec", "taint") if old is not None else None
+        same = isinstance(before, dict) and all(
+            before.get(k) == taint.get(k) for k in ("key", "value", "effect")
+        )
+        taint["timeAdded"] = before["timeAdded"] if same and before.get("timeAdded") else _now()
+    if old is None:
+        new["status"] = {}
+
+
+def _validate_taint_rule(new: Obj, old: Obj | None) -> list[Cause]:
+    taint = _dig(new, "spec", "taint")
+    if not isinstance(taint, dict):
+        return [("FieldValueRequired", "spec.taint", "Required value")]
+    causes = []
+    if not taint.get("key"):
+        causes.append(("FieldValueRequired", "spec.taint.key", "Required value"))
+    effect = taint.get("effect")
+    if not effect:
+        causes.append(("FieldValueRequired", "spec.taint.effect", "Required value"))
+    elif effect not in TAINT_EFFECTS:
+        supported = ", ".join(f'"{e}"' for e in TAINT_EFFECTS)
+        causes.append(
+            (
+                "FieldValueNotSupported",
+                "spec.taint.effect",
+                f'Unsupported value: "{effect}": supported values: {supported}',
+            )
+        )
+    return causes
+
+
+def _device_class_strategy(new: Obj, old: Obj | None, disabled: frozenset[str]) -> None:
+    if "DRAExtendedResource" in disabled and not _dig(old or {}, "spec", "extendedResourceName"):
+        (new.get("spec") or {}).pop("extendedResourceName", None)
+
+
 def _normalize_times(value: Any) -> None:
     """Store times as a 1.36 server does: UTC with ``Z``, whatever offset was sent.
 
@@ -603,7 +695,38 @@ KINDS: tuple[Kind, ...] = (
         validate=_validate_webhooks,
         strategy=_webhook_strategy,
     ),
-    Kind("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False),
+    Kind(
+        "resource.k8s.io",
+        "v1",
+        "deviceclasses",
+        "DeviceClass",
+        namespaced=False,
+        strategy=_device_class_strategy,
+    ),
+    Kind(
+        "resource.k8s.io",
+        "v1beta2",
+        "devicetaintrules",
+        "DeviceTaintRule",
+        namespaced=False,
+        status_subresource=True,
+        validate=_validate_taint_rule,
+        strategy=_taint_rule_strategy,
+        gate="DRADeviceTaintRules",
+        releases=frozenset({"1.36"}),
+    ),
+    Kind(
+        "resource.k8s.io",
+        "v1",
+        "devicetaintrules",
+        "DeviceTaintRule",
+        namespaced=False,
+        status_subresource=True,
+        validate=_validate_taint_rule,
+        strategy=_taint_rule_strategy,
+        gate="DRADeviceTaintRules",
+        releases=frozenset({"1.37"}),
+    ),
     Kind(
         "",
         "v1",
@@ -844,14 +967,18 @@ class APIServer:
         default_watch_timeout: float = 1800.0,
         history: int = 10_000,
         tls_dir: pathlib.Path | None = None,
+        release: str = "1.36",
         disabled_features: frozenset[str] = frozenset(),
     ) -> None:
-        self.token = token or secrets.token_urlsafe(16)
+        if release not in RELEASES:
+            raise ValueError(f"release {release} is not one of {RELEASES}")
+        self.release = release
+        self.kinds: dict[str, Kind] = {}
         self.disabled_features = disabled_features
+        self.token = token or secrets.token_urlsafe(16)
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.store = Store(history=history)
-        self.kinds = {k.plural: k for k in KINDS}
         self.admission = admission.Admission()
         self.faults: list[Fault] = []
         self.requests: list[Request] = []
@@ -864,6 +991,27 @@ class APIServer:
         self.port = 0
         self.ca_pem = b""
         self._ca: Any = None
+
+    @property
+    def disabled_features(self) -> frozenset[str]:
+        """Feature gates that are off; setting them is restarting the server with them off.
+
+        Gates decide which fields are dropped and which kinds are served (one version
+        per plural at most: ``kinds`` maps each served plural to it).
+
+        Raises:
+            ValueError: a real API server would refuse to start so (a dependency is off).
+        """
+        return self._disabled_features
+
+    @disabled_features.setter
+    def disabled_features(self, disabled: frozenset[str]) -> None:
+        if problem := gate_problem(disabled):
+            raise ValueError(problem)
+        self._disabled_features = frozenset(disabled)
+        self.kinds = {
+            k.plural: k for k in KINDS if k.served(release=self.release, disabled=disabled)
+        }
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -1135,7 +1283,7 @@ class APIServer:
                 self.store.commit(kind, key, old, None)
 
     def _kind_for(self, obj: Mapping[str, Any]) -> Kind:
-        for kind in KINDS:
+        for kind in self.kinds.values():
             if kind.kind == obj.get("kind") and kind.api_version == obj.get("apiVersion"):
                 return kind
         raise KeyError(f"unknown kind {obj.get('apiVersion')}/{obj.get('kind')}")
@@ -1870,8 +2018,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=pathlib.Path, help="JSON list of objects to hold from the start"
     )
+    parser.add_argument("--release", choices=RELEASES, default="1.36")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="turn off the gates the release has off by default (else every gate is on)",
+    )
     args = parser.parse_args(argv)
-    server = APIServer(bookmark_interval=args.bookmark_interval)
+    server = APIServer(
+        bookmark_interval=args.bookmark_interval,
+        release=args.release,
+        disabled_features=DEFAULT_OFF[args.release] if args.defaults else frozenset(),
+    )
     for obj in json.loads(args.seed.read_text()) if args.seed else []:
         server.put(obj)
     server.run_forever(port=args.port, kubeconfig=args.kubeconfig)

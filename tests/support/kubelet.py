@@ -7,6 +7,12 @@ plugin's ``supported_versions`` it knows, dials the endpoint once, reports the
 registration, and then calls prepare, unprepare and the health stream over that one
 connection. Responses are checked against the kubelet's rules (an entry per claim,
 no unknown UIDs, well-formed CDI IDs); a violation raises :class:`KubeletError`.
+
+Which health service it calls depends on the kubelet version it plays
+(``register(..., kubelet=...)``): 1.35 and 1.36 call ``v1alpha1.DRAResourceHealth``
+whatever the plugin advertises; 1.37 picks ``v1.DRAResourceHealth`` when the plugin's
+``supported_versions`` names it and falls back to v1alpha1 otherwise (read from the
+1.37 sources' description, not run against a real 1.37 kubelet).
 """
 
 from __future__ import annotations
@@ -27,12 +33,23 @@ from dra_driver.kubeletapi.dra.v1 import api_pb2 as v1_pb
 from dra_driver.kubeletapi.dra.v1 import api_pb2_grpc as v1_grpc
 from dra_driver.kubeletapi.dra.v1beta1 import api_pb2 as v1beta1_pb
 from dra_driver.kubeletapi.dra.v1beta1 import api_pb2_grpc as v1beta1_grpc
-from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_pb
-from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
+from dra_driver.kubeletapi.dra_health.v1 import api_pb2 as health_v1_pb
+from dra_driver.kubeletapi.dra_health.v1 import api_pb2_grpc as health_v1_grpc
+from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_v1alpha1_pb
+from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2_grpc as health_v1alpha1_grpc
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2 as reg_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 
 KUBELET_SERVICES = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+HEALTH_V1 = "v1.DRAResourceHealth"
+HEALTH_V1ALPHA1 = "v1alpha1.DRAResourceHealth"
+HEALTH_STUBS = {
+    HEALTH_V1: (health_v1_grpc, health_v1_pb),
+    HEALTH_V1ALPHA1: (health_v1alpha1_grpc, health_v1alpha1_pb),
+}
+WATCHES_HEALTH_BY_DEFAULT = {"1.35": False, "1.36": True, "1.37": True}
+"""Whether a kubelet's ``ResourceHealthStatus`` gate is on by default (alpha in 1.35)."""
+KUBELET_VERSIONS = tuple(WATCHES_HEALTH_BY_DEFAULT)
 CALL_TIMEOUT = 45.0
 _CDI_ID = re.compile(
     r"^[a-z0-9][a-z0-9.-]*/[a-zA-Z0-9][a-zA-Z0-9_.-]*=[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -90,6 +107,8 @@ class Plugin:
     endpoint: pathlib.Path
     service: str
     channel: aio.Channel
+    health_service: str | None = HEALTH_V1ALPHA1
+    """The health service this kubelet calls (see the module docstring); None: none."""
     health_responses: list[Any] = field(default_factory=list)
 
     @property
@@ -140,10 +159,17 @@ class Plugin:
             ).items()
         }
 
-    async def watch_health(self) -> AsyncIterator[Any]:
-        """The health stream; every response is also kept in ``health_responses``."""
-        stub = health_grpc.DRAResourceHealthStub(self.channel)
-        async for response in stub.NodeWatchResources(health_pb.NodeWatchResourcesRequest()):
+    async def watch_health(self, *, service: str | None = None) -> AsyncIterator[Any]:
+        """The health stream (``service`` or the kubelet's choice); responses are kept.
+
+        Every response is also appended to ``health_responses``.
+        """
+        service = service or self.health_service
+        if service is None:
+            raise KubeletError("this kubelet watches no health: ResourceHealthStatus is off")
+        grpc_module, pb = HEALTH_STUBS[service]
+        stub = grpc_module.DRAResourceHealthStub(self.channel)
+        async for response in stub.NodeWatchResources(pb.NodeWatchResourcesRequest()):
             self.health_responses.append(response)
             yield response
 
@@ -182,8 +208,31 @@ def dial(endpoint: pathlib.Path, *, service: str = "v1.DRAPlugin") -> Plugin:
     return Plugin(info=None, endpoint=endpoint, service=service, channel=channel)
 
 
-async def register(socket: pathlib.Path, *, driver: str = "gpu.gvirtus.io") -> Plugin:
-    """Run the kubelet's registration sequence against ``socket``."""
+def health_service(
+    supported: Iterable[str], *, kubelet: str, watches_health: bool | None = None
+) -> str | None:
+    """The health service a kubelet of version ``kubelet`` calls on such a plugin.
+
+    ``watches_health`` is its ``ResourceHealthStatus`` gate; None takes the version's
+    default. A kubelet with the gate off calls none.
+    """
+    if kubelet not in KUBELET_VERSIONS:
+        raise ValueError(f"no kubelet {kubelet} to play; one of {KUBELET_VERSIONS}")
+    if not (WATCHES_HEALTH_BY_DEFAULT[kubelet] if watches_health is None else watches_health):
+        return None
+    if kubelet == "1.37" and HEALTH_V1 in supported:
+        return HEALTH_V1
+    return HEALTH_V1ALPHA1
+
+
+async def register(
+    socket: pathlib.Path,
+    *,
+    driver: str = "gpu.gvirtus.io",
+    kubelet: str = "1.37",
+    watches_health: bool | None = None,
+) -> Plugin:
+    """Run the registration sequence of a kubelet of version ``kubelet`` against ``socket``."""
     async with aio.insecure_channel(f"unix://{socket}") as channel:
         stub = reg_grpc.RegistrationStub(channel)
         info = await stub.GetInfo(reg_pb.InfoRequest(), timeout=1)
@@ -199,7 +248,15 @@ async def register(socket: pathlib.Path, *, driver: str = "gpu.gvirtus.io") -> P
         await stub.NotifyRegistrationStatus(
             reg_pb.RegistrationStatus(plugin_registered=True), timeout=5
         )
-    return Plugin(info=info, endpoint=endpoint, service=service, channel=plugin_channel)
+    return Plugin(
+        info=info,
+        endpoint=endpoint,
+        service=service,
+        channel=plugin_channel,
+        health_service=health_service(
+            info.supported_versions, kubelet=kubelet, watches_health=watches_health
+        ),
+    )
 
 
 def _validate(info: Any, driver: str) -> str:

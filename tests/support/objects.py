@@ -341,3 +341,28 @@ def review_of(
             "dryRun": ["All"],
         }
     return review
+
+
+def device_taint_rule(
+    *,
+    name: str,
+    api_version: str = "resource.k8s.io/v1beta2",
+    pool: str | None = None,
+    device: str | None = None,
+    driver: str | None = DRIVER,
+    effect: str = "NoSchedule",
+    key: str = "gvirtus.io/drain",
+    value: str = "maintenance",
+) -> dict[str, Any]:
+    """An admin's drain as sent to the server, shaped like ``11-devicetaintrule-create.json``.
+
+    ``api_version`` is ``resource.k8s.io/v1beta2`` for 1.36 and ``resource.k8s.io/v1``
+    for 1.37 (the same spec); selector fields left None are left out.
+    """
+    rule = copy.deepcopy(fixture("11-devicetaintrule-create.json")["request"]["body"])
+    rule["apiVersion"] = api_version
+    rule["metadata"] = {"name": name}
+    selector = {"driver": driver, "pool": pool, "device": device}
+    rule["spec"]["deviceSelector"] = {k: v for k, v in selector.items() if v is not None}
+    rule["spec"]["taint"] = {"key": key, "value": value, "effect": effect}
+    return rule
