@@ -27,6 +27,11 @@ RUN python -m venv /opt/gvirtus-dra \
 
 # -- the image: Python, the environment, nothing else ----------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# nft: the backend agent keeps its backends' ports closed to all but the pods
+# holding claims (the simulator overlay runs the agent from this image).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nftables \
+ && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="gvirtus-dra" \
       org.opencontainers.image.description="Kubernetes DRA driver for remote GPUs served by GVirtuS" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -44,6 +49,9 @@ CMD ["--help"]
 FROM ${UV_IMAGE} AS uv
 
 FROM ${GVIRTUS_IMAGE} AS gpu-agent
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nftables \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=uv /uv /usr/local/bin/uv
 COPY --from=build /src /src
 ENV UV_PYTHON_INSTALL_DIR=/opt/python UV_NO_CACHE=1

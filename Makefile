@@ -51,14 +51,17 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed test-tools
 	$(BIN)/pytest
 
-# Tests run components as separate hosts in network namespaces (ip, tc, ss: iproute2).
-# As root they install it when missing; without root those tests skip, saying why.
+# Tests run components as separate hosts in network namespaces (ip, tc, ss: iproute2),
+# and backend agents keep their packet filter there (nft: nftables). As root they
+# install what is missing; without root those tests skip, saying why.
 test-tools:
-	@command -v ip >/dev/null && command -v tc >/dev/null && command -v ss >/dev/null || \
+	@command -v ip >/dev/null && command -v tc >/dev/null && command -v ss >/dev/null && \
+	command -v nft >/dev/null || \
 	if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables; \
 	else \
-		echo "iproute2 missing and not root: network namespace tests will skip" >&2; \
+		echo "iproute2 or nftables missing and not root: network namespace tests will skip" >&2; \
 	fi
 
 bench-prepare: $(VENV)/.installed

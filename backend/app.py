@@ -1,9 +1,12 @@
-"""Wiring of the backend agent: GPUs, one backend each, the sampling loop, the API.
+"""Wiring of the backend agent: GPUs, one backend each, access control, sampling, the API.
 
-Start-up: find the GPUs (NVML, or the simulator's declared ones), start a backend per
-GPU, wait until they listen (at most the start grace), take a first sample, then
-serve. SIGTERM stops the API first, then every
-backend, so frontends see their connections close rather than hang.
+Start-up: find the GPUs (NVML, or the simulator's declared ones), close their
+backend ports to everyone (access control, unless turned off) and start watching
+this node's access list, start a backend per GPU (through a launcher that drops the
+agent's capabilities), wait until they listen (at most the start grace), take a
+first sample, then serve. SIGTERM stops the API first, then every backend, so
+frontends see their connections close rather than hang, then leaves the ports
+closed to everyone.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from backend import api
+from backend import api, nftables
+from backend.access import AccessControl, AccessOff
 from backend.gpus import GPUSource
 from backend.health import Limits
 from backend.monitor import Monitor
@@ -24,11 +31,18 @@ from backend.simulator import SimulatedGPUs, standin_command
 from backend.supervisor import BackendCommand, BackendProcess
 from dra_driver import __version__
 from dra_driver.errors import StartupError
+from dra_driver.kube.client import KubeClient
+from dra_driver.kube.resources import CONFIG_MAPS
+from dra_driver.kube.watch import list_watch
 from dra_driver.lifecycle import freeze_startup_objects, stop_on_signals
-from dra_driver.models import log4cplus_level
+from dra_driver.models import AccessMode, AccessReport, access_config_map_name, log4cplus_level
 from dra_driver.quantity import parse_bytes
 
 log = logging.getLogger(__name__)
+
+COMPONENT = "backend-agent"
+LAUNCHER = (sys.executable, "-I", "-m", "backend.unprivileged")
+"""Every backend starts without the agent's capabilities (see :mod:`backend.unprivileged`)."""
 
 
 def _source(settings: AgentSettings) -> tuple[GPUSource, SimulatedGPUs | None]:
@@ -66,6 +80,7 @@ def _command(settings: AgentSettings, simulated: bool) -> BackendCommand:
         plugins=settings.plugin_list,
         state_dir=settings.state_dir,
         backoff_max=settings.restart_backoff_max,
+        launcher=LAUNCHER,
     )
     if not simulated:
         return real
@@ -81,6 +96,9 @@ async def run(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> 
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(source.close)
         backends = _backends(settings, source, simulated=simulator is not None)
+        # Registered before the backends' stops, so it runs after them (the stack unwinds
+        # in reverse): the ports stay closed once the backends are gone.
+        access_report = await _access(settings, [b.port for b in backends], stack)
         for backend in backends:
             stack.push_async_callback(backend.stop)
             try:
@@ -95,6 +113,7 @@ async def run(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> 
             simulated=simulator is not None,
             backends=backends,
             source=source,
+            access=access_report,
             limits=Limits(
                 restart_after=settings.restart_after_samples,
                 leak_threshold=settings.leak_restart_threshold,
@@ -134,6 +153,70 @@ async def run(settings: AgentSettings, *, stop: asyncio.Event | None = None) -> 
         with contextlib.suppress(asyncio.CancelledError):
             await sampling
         log.info("stopping: closing the API and the backends")
+
+
+async def _access(
+    settings: AgentSettings, ports: list[int], stack: contextlib.AsyncExitStack
+) -> Callable[[], AccessReport]:
+    """Close the backend ports to all but this node's access list (or say loudly it is off).
+
+    Raises:
+        StartupError: access control is on and the packet filter cannot be changed.
+    """
+    if settings.access_control is AccessMode.OFF:
+        off = AccessOff(node=settings.node_name, ports=ports, nft=_optional_nft())
+        await off.open_ports()
+        _background(stack, off.remind(), name="access-off-reminder")
+        return off.report
+    try:
+        control = AccessControl(node=settings.node_name, ports=ports, nft=nftables.find_nft())
+        await control.close_ports()
+    except nftables.PacketFilterError as exc:
+        raise StartupError(f"backend access control: {exc}") from exc
+    stack.push_async_callback(control.stop)
+    kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component=COMPONENT)
+    stack.push_async_callback(kube.close)
+    _background(stack, control.run(), name="access-apply")
+    _background(
+        stack,
+        list_watch(
+            kube=kube,
+            resource=CONFIG_MAPS,
+            consumer=control,
+            component=COMPONENT,
+            namespace=settings.namespace,
+            field_selector=f"metadata.name={access_config_map_name(settings.node_name)}",
+        ),
+        name="access-watch",
+    )
+    return control.report
+
+
+def _optional_nft() -> str | None:
+    try:
+        return nftables.find_nft()
+    except nftables.PacketFilterError:
+        return None
+
+
+def _background(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], *, name: str
+) -> None:
+    """Run ``work`` until the stack unwinds; a crash of it is logged, never silent."""
+    task = asyncio.create_task(work, name=name)
+
+    def ended(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("%s stopped", name, exc_info=done.exception())
+
+    task.add_done_callback(ended)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # a crash was logged
+            await task
+
+    stack.push_async_callback(cancel)
 
 
 async def _sample_forever(monitor: Monitor, interval: float, stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Gauge, Histogram
@@ -27,7 +27,7 @@ from backend.gpus import GPUSource, Usage
 from backend.observe import Observation, Target, observe
 from backend.supervisor import BackendProcess
 from dra_driver import __version__
-from dra_driver.models import GPU, BackendState, GPUHealth, GPULoad, Inventory
+from dra_driver.models import GPU, AccessReport, BackendState, GPUHealth, GPULoad, Inventory
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Monitor:
         backends: Sequence[BackendProcess],
         source: GPUSource,
         limits: health.Limits,
+        access: Callable[[], AccessReport] | None = None,
         proc: pathlib.Path = procfs.PROC,
     ) -> None:
         self.node = node
@@ -96,6 +97,7 @@ class Monitor:
         self.backends = list(backends)
         self.source = source
         self.limits = limits
+        self.access = access
         self.proc = proc
         self.snapshot: Snapshot | None = None
         self.last_sample = 0.0
@@ -136,6 +138,7 @@ class Monitor:
                 simulated=self.simulated,
                 agent_version=__version__,
                 gpus=gpus,
+                access=self.access() if self.access is not None else None,
             )
             body = inventory.encode()
             etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

@@ -12,10 +12,11 @@ from dra_driver.config import (
     AbsolutePath,
     ByteQuantity,
     IPv4Address,
+    NamespaceName,
     NodeName,
     Settings,
 )
-from dra_driver.models import GVirtuSLogLevel
+from dra_driver.models import AccessMode, GVirtuSLogLevel
 
 AGENT_PORT = 9450
 BACKEND_BASE_PORT = 9999
@@ -108,6 +109,23 @@ class AgentSettings(Settings):
         "580.65.06", description="driver version of simulated GPUs"
     )
     simulate_cuda_version: str = Field("12.6", description="CUDA version of simulated GPUs")
+    access_control: AccessMode = Field(
+        AccessMode.ON,
+        description="on: only pods holding a claim on a GPU reach its backend (nftables, "
+        "needs NET_ADMIN and the node's access list); off: anyone who reaches a backend "
+        "port uses its GPU (warned about at start, every ten minutes and as a Node event)",
+    )
+    namespace: NamespaceName = Field(
+        "gvirtus-system",
+        description="namespace of the access lists the controller publishes "
+        "(ConfigMap gvirtus-dra-access-<node>)",
+    )
+    kubeconfig: pathlib.Path | None = Field(
+        None,
+        description="kubeconfig file for reading the access list; unset means the "
+        "pod's service account",
+        json_schema_extra={"env_aliases": ["KUBECONFIG"]},
+    )
     config: pathlib.Path | None = Field(
         None, description="YAML file with any of these settings (camelCase keys)"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import pathlib
@@ -51,9 +52,11 @@ STOPPED = "stopped"
 class BackendCommand:
     """How to run ``gvirtus-backend`` (or the simulator's stand-in) for any GPU.
 
-    The command line is ``*interpreter, executable, <properties.json>``; ``environment``
-    is added to the GVirtuS variables; ``listen_address`` goes into the file (the real
-    backend listens on every address whatever it says).
+    The command line is ``*launcher, *interpreter, executable, <properties.json>``;
+    ``environment`` is added to the GVirtuS variables; ``listen_address`` goes into the
+    file (the real backend listens on every address whatever it says). The agent's
+    ``launcher`` (:mod:`backend.unprivileged`) drops its capabilities before it becomes
+    the backend.
     """
 
     executable: pathlib.Path
@@ -66,6 +69,7 @@ class BackendCommand:
     stable_after: float = 60.0
     stop_grace: float = 5.0
     interpreter: tuple[str, ...] = ()
+    launcher: tuple[str, ...] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
     listen_address: str = "0.0.0.0"
 
@@ -196,7 +200,16 @@ class BackendProcess:
         RESTARTS.labels(str(self.gpu.index), reason).inc()
 
     async def _run_once(self) -> None:
-        argv = [*self.command.interpreter, str(self.command.executable), str(self.properties)]
+        argv = [
+            *self.command.launcher,
+            *self.command.interpreter,
+            str(self.command.executable),
+            str(self.properties),
+        ]
+        if problem := _unstartable(self.command.executable, script=bool(self.command.interpreter)):
+            # Said here: once the launcher runs, a failed exec is only an exit status.
+            self.last_exit = f"failed to start {argv[-2]}: {problem}"
+            return
         # Output goes to a pipe of our own, not asyncio's: its wait() would also wait
         # for every holder of the pipe, and a serving child may outlive the leader.
         output, into = os.pipe()
@@ -241,6 +254,16 @@ class BackendProcess:
         finally:
             exited.cancel()
             requested.cancel()
+
+
+def _unstartable(executable: pathlib.Path, *, script: bool) -> str:
+    """Why ``executable`` (a ``script`` an interpreter reads) cannot run, as ``execve`` says."""
+    if not executable.exists():
+        return os.strerror(errno.ENOENT)
+    wanted = os.R_OK if script else os.X_OK
+    if executable.is_dir() or not os.access(executable, wanted):
+        return os.strerror(errno.EACCES)
+    return ""
 
 
 async def _end_group(process: asyncio.subprocess.Process, *, grace: float) -> None:

@@ -7,11 +7,17 @@
 * ``Inventory``: what a backend agent reports about its node's GPUs and backends,
   and what the controller publishes from. Types are strict and identities unique;
   an answer that breaks the schema is rejected whole, never published in part.
+* ``BackendAccess``: which addresses may connect to each backend port of a node.
+  The controller publishes it in a ConfigMap per backend node; the node's agent
+  turns it into packet filter rules. Unknown fields are an error: an agent that
+  cannot understand the whole list admits nobody new rather than guess.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -224,6 +230,26 @@ class GPU(_Wire):
     backend: BackendState | None = None
 
 
+class AccessMode(enum.StrEnum):
+    """Whether an agent filters who reaches its backends."""
+
+    ON = "on"
+    OFF = "off"
+
+
+class AccessReport(_Wire):
+    """How the agent's backend access control stands (see :class:`BackendAccess`)."""
+
+    mode: str = Field(pattern=r"^[a-z]{1,16}$")
+    """``on`` or ``off`` today; a newer agent's word is kept, not refused."""
+    synced: bool = False
+    """The node's access list has been read and is in the kernel."""
+    admitted: int = Field(0, ge=0)
+    """Addresses admitted, summed over ports."""
+    error: str = Field("", max_length=1024)
+    """The last failure to read or apply the list; empty while all is well."""
+
+
 class Inventory(_Wire):
     """What a backend agent reports: served at ``GET /v1/inventory`` (port 9450)."""
 
@@ -236,6 +262,8 @@ class Inventory(_Wire):
     simulated: bool = False
     agent_version: str = Field("", alias="agentVersion", max_length=64)
     gpus: list[GPU] = Field(max_length=256)
+    access: AccessReport | None = None
+    """Absent from agents older than backend access control."""
 
     @field_validator("node_name")
     @classmethod
@@ -276,3 +304,98 @@ def parse_inventory(raw: bytes) -> Inventory:
         where = ".".join(str(p) for p in error["loc"]) or "inventory"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise InventoryError(f"{where}: {error['msg']}{more}") from exc
+
+
+# -- backend access -------------------------------------------------------------------
+
+ACCESS_API_VERSION: Literal["access.gpu.gvirtus.io/v1"] = "access.gpu.gvirtus.io/v1"
+ACCESS_KIND: Literal["BackendAccess"] = "BackendAccess"
+ACCESS_NAME_PREFIX = "gvirtus-dra-access-"
+"""ConfigMaps ``gvirtus-dra-access-<node>`` in the driver's namespace hold the lists."""
+ACCESS_DATA_KEY = "access.json"
+MAX_ACCESS_ADDRESSES = 4096
+"""Per port; a GPU shared by more pods than this is far beyond what GVirtuS serves."""
+
+
+class AccessDocumentError(ValueError):
+    """A ConfigMap does not hold a usable access list; the message says why."""
+
+
+class PortAccess(BaseModel):
+    """The addresses admitted to one backend port."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    port: int = Field(ge=1, le=65535)
+    addresses: tuple[RoutableIPv4, ...] = Field(max_length=MAX_ACCESS_ADDRESSES)
+
+    @field_validator("addresses")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("an address is listed twice")
+        return value
+
+
+class BackendAccess(BaseModel):
+    """Who may connect to each backend port of one node, as the controller computed it.
+
+    Every port of the node's backends is listed, with no addresses when no pod holds
+    a claim on its GPU; a port left out admits nobody either.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+    api_version: Literal["access.gpu.gvirtus.io/v1"] = Field(ACCESS_API_VERSION, alias="apiVersion")
+    kind: Literal["BackendAccess"] = ACCESS_KIND
+    node_name: str = Field(alias="nodeName", min_length=1, max_length=253)
+    ports: tuple[PortAccess, ...] = Field(max_length=256)
+
+    @model_validator(mode="after")
+    def _unique_ports(self) -> BackendAccess:
+        ports = [p.port for p in self.ports]
+        if len(ports) != len(set(ports)):
+            raise ValueError("a port is listed twice")
+        return self
+
+    def admitted(self) -> dict[int, frozenset[str]]:
+        """Addresses by port."""
+        return {p.port: frozenset(p.addresses) for p in self.ports}
+
+    def encode(self) -> str:
+        """Canonical JSON (sorted ports and addresses), equal exactly when the lists are."""
+        document = self.model_dump(by_alias=True)
+        document["ports"] = sorted(
+            ({"port": p["port"], "addresses": sorted(p["addresses"])} for p in document["ports"]),
+            key=lambda p: p["port"],
+        )
+        return json.dumps(document, separators=(",", ":"))
+
+
+def parse_access(raw: str) -> BackendAccess:
+    """Validate the access list a ConfigMap holds.
+
+    Raises:
+        AccessDocumentError: not JSON, or not a valid list, naming the first problem.
+    """
+    try:
+        return BackendAccess.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "document"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        message = error["msg"].removeprefix("Value error, ")
+        raise AccessDocumentError(f"{where}: {message}{more}") from exc
+
+
+def access_config_map_name(node: str) -> str:
+    """The ConfigMap holding ``node``'s access list (a name both sides compute alike).
+
+    Object names are at most 253 characters; for the rare node name too long for the
+    prefix, the end is replaced by a digest of the whole name.
+    """
+    name = ACCESS_NAME_PREFIX + node
+    if len(name) <= 253:
+        return name
+    digest = hashlib.sha256(node.encode()).hexdigest()[:16]
+    return f"{name[: 253 - 17].rstrip('-.')}-{digest}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 
@@ -42,6 +43,7 @@ COMPONENT_ROLES = {
     "kubelet-plugin": ("manifests/base/kubelet-plugin.yaml", "gvirtus-dra-kubelet-plugin"),
     "webhook": ("manifests/base/webhook.yaml", "gvirtus-dra-webhook"),
     "labeler": ("manifests/base/labeler.yaml", "gvirtus-dra-labeler"),
+    "backend-agent": ("manifests/base/backend-agent.yaml", "gvirtus-dra-backend-agent"),
 }
 
 
@@ -96,3 +98,21 @@ def network() -> Iterator[netns.Network]:
         pytest.skip(reason)
     with netns.Network() as made:
         yield made
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_machine_filter_untouched() -> Iterator[None]:
+    """No agent of the suite may enforce access control in the test machine's own namespace.
+
+    An agent that does installs a table dropping traffic to its ports on this machine;
+    agents enforcing it run in namespaces of their own. Should one slip through, its
+    table is removed and the run fails, naming it.
+    """
+    yield
+    nft = shutil.which("nft")
+    if nft is None:
+        return
+    listed = subprocess.run([nft, "list", "tables"], capture_output=True, text=True, check=False)
+    if "gvirtus-dra-access" in listed.stdout:
+        subprocess.run([nft, "delete", "table", "inet", "gvirtus-dra-access"], check=False)
+        pytest.fail("a test left the agent's access table in the test machine's namespace")

@@ -17,6 +17,8 @@ While leading, the work is split between owners, each wired here once:
   :class:`view.DeviceView`;
 * :class:`drains.Drains`: admins' DeviceTaintRules on our devices, in metrics and
   Events;
+* :class:`access.AccessPublisher`: who may connect to each backend, woken by the
+  claim and pod watches directly, beside the rounds;
 * :class:`loop.Loop`: the rounds.
 """
 
@@ -30,6 +32,8 @@ import time
 from collections.abc import Callable
 
 from dra_driver import __version__, httpserver
+from dra_driver.controller.access import LABEL_SELECTOR as ACCESS_SELECTOR
+from dra_driver.controller.access import AccessPublisher
 from dra_driver.controller.agents import Agents
 from dra_driver.controller.claims import ClaimIndex
 from dra_driver.controller.claimstatus import ClaimStatus
@@ -52,6 +56,7 @@ from dra_driver.kube.client import KubeClient
 from dra_driver.kube.events import EventRecorder, Regarding
 from dra_driver.kube.index import Index
 from dra_driver.kube.resources import (
+    CONFIG_MAPS,
     DEVICE_TAINT_RULES,
     DEVICE_TAINT_RULES_V1BETA2,
     NODES,
@@ -90,10 +95,13 @@ async def run(settings: ControllerSettings, *, stop: asyncio.Event | None = None
         current: list[Loop] = []
 
         async def lead() -> None:
-            loop = wire(settings=settings, kube=kube, events=events)
+            loop, access = wire(settings=settings, kube=kube, events=events)
             current[:] = [loop]
             try:
-                await loop.run()
+                # Either ending (or losing the Lease cancelling both) ends the other.
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(loop.run(), name="loop")
+                    group.create_task(access.run(), name="access")
             finally:
                 current.clear()
 
@@ -148,7 +156,7 @@ def wire(
     events: EventRecorder,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
-) -> Loop:
+) -> tuple[Loop, AccessPublisher]:
     """The leader's owners, connected once; see the module docstring."""
     s = settings
     policy = policy_of(s)
@@ -213,6 +221,18 @@ def wire(
         events=events,
         honoured=policy.allocator.taints,
     )
+    access = AccessPublisher(
+        kube=kube,
+        namespace=s.namespace,
+        claims=claims,
+        pods=pods,
+        agents=agents,
+        nodes=nodes,
+        events=events,
+        interval=s.poll_interval,
+        node_addresses=s.access_node_addresses,
+        concurrency=s.write_concurrency,
+    )
     watches = (
         Informer(
             PODS,
@@ -223,8 +243,14 @@ def wire(
         ),
         Informer(NODES, nodes, synced=nodes.synced),
         Informer(RESOURCE_SLICES, store, synced=store.synced, label_selector=store.label_selector),
-        Informer(RESOURCE_CLAIMS, claims),
-        Informer(PODS, pods, synced=pods.synced),
+        Informer(RESOURCE_CLAIMS, access.watching(claims)),
+        Informer(PODS, access.watching(pods), synced=pods.synced),
+        Informer(
+            CONFIG_MAPS,
+            access.store,
+            namespace=s.namespace,
+            label_selector=ACCESS_SELECTOR,
+        ),
         Informer(
             DEVICE_TAINT_RULES,
             rules,
@@ -235,7 +261,7 @@ def wire(
             ),
         ),
     )
-    return Loop(
+    loop = Loop(
         kube=kube,
         watches=watches,
         gates=gates,
@@ -250,3 +276,4 @@ def wire(
         grace=s.grace_period,
         clock=clock,
     )
+    return loop, access

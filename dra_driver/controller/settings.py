@@ -145,6 +145,14 @@ class ControllerSettings(Settings):
             "failure condition (the scheduler itself gives up after 600)"
         ),
     )
+    access_node_addresses: bool = Field(
+        False,
+        description=(
+            "also admit to a backend the node address of each pod holding a claim on it, "
+            "for network plugins that masquerade pod traffic to other nodes' addresses "
+            "(kind's kindnet does); every process on such a node then reaches that GPU"
+        ),
+    )
     status_concurrency: int = Field(16, ge=1, le=256, description="claim status writes in flight")
     write_concurrency: int = Field(16, ge=1, le=256, description="ResourceSlice writes in flight")
     poll_concurrency: int = Field(256, ge=1, le=4096, description="inventory polls in flight")

@@ -21,7 +21,7 @@ from backend import app as agent_app
 from backend import procfs, standin_backend
 from backend.observe import Target, observe
 from backend.settings import AgentSettings
-from dra_driver.models import parse_inventory
+from dra_driver.models import AccessMode, parse_inventory
 from tests.backend.test_nvml import StandInNVML
 from tests.support.processes import AgentProcess, backend_pids, free_port
 
@@ -385,6 +385,8 @@ async def real_mode(
         state_dir=short_tmp / "state",
         probe_interval=0.2,
         restart_backoff_max=1,
+        # Never in the test machine's own network namespace (see tests/backend/test_access.py).
+        access_control=AccessMode.OFF,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(agent_app.run(settings, stop=stop))

@@ -9,6 +9,7 @@ import pytest
 
 from backend.settings import AgentSettings
 from dra_driver.config import ConfigError, add_flags, load
+from dra_driver.models import AccessMode
 
 
 def settings(argv: list[str], env: dict[str, str]) -> AgentSettings:
@@ -76,3 +77,27 @@ def test_bad_files_are_reported_with_the_key(
 def test_missing_file_is_reported(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         settings(["--config", str(tmp_path / "nope.yaml")], {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, AccessMode.ON),
+        (["--access-control", "off"], {}, AccessMode.OFF),
+        ([], {"GVIRTUS_DRA_ACCESS_CONTROL": "off"}, AccessMode.OFF),
+        (["--access-control", "on"], {"GVIRTUS_DRA_ACCESS_CONTROL": "off"}, AccessMode.ON),
+    ],
+    ids=["on-by-default", "flag", "environment", "flag-beats-environment"],
+)
+def test_access_control_is_on_unless_turned_off(
+    argv: list[str], env: dict[str, str], expected: AccessMode
+) -> None:
+    assert settings(argv, env).access_control is expected
+
+
+def test_an_unknown_access_control_mode_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(["--access-control", "audit"], {})
+    assert "--access-control (env GVIRTUS_DRA_ACCESS_CONTROL): Input should be 'on' or 'off'" in (
+        str(caught.value)
+    )

@@ -39,12 +39,15 @@ class Cluster:
         labels: dict[str, str] | None = None,
         at: Interface | None = None,
         extra_args: tuple[str, ...] = (),
+        kubeconfig: pathlib.Path | None = None,
     ) -> AgentProcess:
         """A backend node: its Node, a running agent and the agent's pod.
 
         The agent listens on a loopback address of its own, or with ``at`` (one end of
         a link made by :mod:`tests.support.netns`) in that end's namespace, as a
-        separate host that the controller reaches over the link.
+        separate host that the controller reaches over the link. There, given a
+        ``kubeconfig`` that reaches the API server over the link, it enforces access
+        control.
         """
         self._next_ip += 1
         loopback, address = f"127.0.0.{self._next_ip}", f"10.0.0.{self._next_ip}"
@@ -66,6 +69,7 @@ class Cluster:
             port=self.agent_port,
             extra_args=extra_args,
             host=at.host if at is not None else None,
+            kubeconfig=kubeconfig,
         )
         self.agents[node] = await agent.ready()
         self.apiserver.put(objects.agent_pod(node=node, ip=loopback, host_ip=address))
@@ -113,6 +117,14 @@ class Cluster:
         return sorted(
             self.apiserver.list("events"), key=lambda e: int(e["metadata"]["resourceVersion"])
         )
+
+    def backend_events(self) -> list[dict[str, Any]]:
+        """Events but those about access control.
+
+        Agents on this machine's own addresses run with access control off (see
+        :class:`AgentProcess`), which the controller reports once per node.
+        """
+        return [e for e in self.events() if not e["reason"].startswith("GVirtuSAccess")]
 
     def slice_writes(self) -> list[Any]:
         return [r for r in self.apiserver.writes() if r.path.startswith(SLICES)]

@@ -102,7 +102,7 @@ async def test_a_dead_backend_is_tainted_then_evicted_and_returns(cluster: Clust
 
     await agent.simulate(1, listening=True)
     await cluster.until(lambda: taint(cluster.devices("gpu-node-a"), "gpu-1") is None)
-    reasons = [e["reason"] for e in cluster.events()]
+    reasons = [e["reason"] for e in cluster.backend_events()]
     assert reasons == [
         "GVirtuSBackendUnhealthy",
         "GVirtuSBackendEvicting",
@@ -140,7 +140,7 @@ async def test_an_agent_that_vanishes_takes_its_pool_along(cluster: Cluster) -> 
 
     await cluster.until(lambda: not cluster.pool("gpu-node-a"))
     assert cluster.pool("gpu-node-b")
-    events = await cluster.until(cluster.events)  # recorded once the slices are deleted
+    events = await cluster.until(cluster.backend_events)  # recorded once the slices are deleted
     assert [(e["reason"], e["involvedObject"]["name"]) for e in events] == [
         ("GVirtuSPoolRemoved", "gpu-node-a")
     ]

@@ -78,15 +78,24 @@ def test_every_container_has_probes_limits_and_a_locked_down_context(install: st
 
 
 @pytest.mark.parametrize("install", manifests.INSTALLS)
-def test_only_the_kubelet_plugin_runs_as_root(install: str) -> None:
-    as_root = []
+def test_only_the_kubelet_plugin_and_the_backend_agent_run_as_root(install: str) -> None:
+    """The plugin for the kubelet's directories; the agent for NET_ADMIN, its only capability.
+
+    A container gets an added capability only as root (Kubernetes sets no ambient
+    capabilities), and the agent needs NET_ADMIN for its packet filter table.
+    """
+    as_root, added = [], {}
     for workload in workloads(rendered(install)):
         pod_context = workload["spec"]["template"]["spec"].get("securityContext") or {}
         for container in containers(workload):
-            merged = {**pod_context, **(container.get("securityContext") or {})}
+            context = container.get("securityContext") or {}
+            merged = {**pod_context, **context}
             if not merged.get("runAsNonRoot") or merged.get("runAsUser") == 0:
                 as_root.append(workload["metadata"]["name"])
-    assert as_root == ["gvirtus-dra-kubelet-plugin"]
+            if capabilities := (context.get("capabilities") or {}).get("add"):
+                added[workload["metadata"]["name"]] = capabilities
+    assert sorted(as_root) == ["gvirtus-dra-backend-agent", "gvirtus-dra-kubelet-plugin"]
+    assert added == {"gvirtus-dra-backend-agent": ["NET_ADMIN"]}
 
 
 def _configmap_files(objects: list[Obj], workload: Obj, root: pathlib.Path) -> dict[str, str]:
@@ -258,8 +267,12 @@ LEAST_PRIVILEGE = {
         "cluster: watch resource.k8s.io/resourceclaims",
         "cluster: watch resource.k8s.io/resourceslices",
         "gvirtus-system: create coordination.k8s.io/leases",
+        "gvirtus-system: create core/configmaps",
         "gvirtus-system: get coordination.k8s.io/leases gvirtus-dra-controller",
+        "gvirtus-system: list core/configmaps",
         "gvirtus-system: patch coordination.k8s.io/leases gvirtus-dra-controller",
+        "gvirtus-system: patch core/configmaps",
+        "gvirtus-system: watch core/configmaps",
     ],
     "gvirtus-dra-kubelet-plugin": [
         "cluster: get core/nodes",
@@ -285,7 +298,10 @@ LEAST_PRIVILEGE = {
         "gvirtus-system: get core/secrets gvirtus-dra-webhook-tls",
         "gvirtus-system: update core/secrets gvirtus-dra-webhook-tls",
     ],
-    "gvirtus-dra-backend-agent": [],
+    "gvirtus-dra-backend-agent": [
+        "gvirtus-system: list core/configmaps",
+        "gvirtus-system: watch core/configmaps",
+    ],
 }
 
 

@@ -45,6 +45,7 @@ def inventory(**changes: Any) -> dict[str, Any]:
         "simulated": False,
         "agentVersion": "0.1.0",
         "gpus": [gpu(0), gpu(1)],
+        "access": {"mode": "on", "synced": True, "admitted": 3, "error": ""},
         **changes,
     }
 
@@ -57,6 +58,19 @@ def test_a_valid_inventory_round_trips() -> None:
     parsed = parse_inventory(encode(inventory()))
     assert parsed.gpus[1].port == 10000
     assert json.loads(parsed.encode()) == inventory()
+
+
+def test_an_agent_older_than_access_control_reports_none() -> None:
+    """The controller then warns on its Node that nothing keeps strangers out."""
+    older = inventory()
+    del older["access"]
+    assert parse_inventory(encode(older)).access is None
+
+
+def test_a_newer_agents_access_mode_is_kept() -> None:
+    parsed = parse_inventory(encode(inventory(access={"mode": "audit", "synced": False})))
+    assert parsed.access is not None
+    assert parsed.access.mode == "audit"
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,7 @@ import random
 import re
 import secrets
 import shutil
+import socket
 import ssl
 import threading
 import time
@@ -747,6 +748,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind("", "v1", "events", "Event", namespaced=True, tracks_generation=False),
     Kind("", "v1", "secrets", "Secret", namespaced=True, tracks_generation=False),
+    Kind("", "v1", "configmaps", "ConfigMap", namespaced=True, tracks_generation=False),
     Kind(
         "coordination.k8s.io",
         "v1",
@@ -988,6 +990,7 @@ class APIServer:
         self._streams: set[asyncio.Task[Any]] = set()
         self.port = 0
         self.ca_pem = b""
+        self._ca: Any = None
 
     @property
     def disabled_features(self) -> frozenset[str]:
@@ -1052,18 +1055,9 @@ class APIServer:
     async def _start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self._stopping = asyncio.Event()
         day = datetime.timedelta(days=1)
-        ca = certs.new_ca(common_name="test-apiserver CA", valid_for=day)
-        serving = certs.new_serving(ca=ca, dns_names=["localhost"], ips=[host], valid_for=day)
+        self._ca = ca = certs.new_ca(common_name="test-apiserver CA", valid_for=day)
         self.ca_pem = ca.cert_pem
-        folder = self._tls_dir or pathlib.Path(_tempdir())
-        folder.mkdir(parents=True, exist_ok=True)
-        cert_file, key_file = folder / "apiserver.crt", folder / "apiserver.key"
-        cert_file.write_bytes(serving.cert_pem)
-        key_file.write_bytes(serving.key_pem)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert_file, key_file)
-        if self._tls_dir is None:  # a folder of our own: leave no private key behind
-            shutil.rmtree(folder, ignore_errors=True)
+        context = self._serving_context(host)
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_route("*", "/api/{version}/{rest:.*}", self._handle_core)
         app.router.add_route("*", "/apis/{group}/{version}/{rest:.*}", self._handle_group)
@@ -1072,6 +1066,40 @@ class APIServer:
         site = web.TCPSite(self._runner, host, port, ssl_context=context, reuse_address=True)
         await site.start()
         self.port = self._runner.addresses[0][1]
+
+    def _serving_context(self, host: str) -> ssl.SSLContext:
+        """TLS for serving at ``host``, with a certificate of this server's CA naming it."""
+        day = datetime.timedelta(days=1)
+        serving = certs.new_serving(ca=self._ca, dns_names=["localhost"], ips=[host], valid_for=day)
+        folder = self._tls_dir or pathlib.Path(_tempdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        cert_file, key_file = folder / f"apiserver-{host}.crt", folder / f"apiserver-{host}.key"
+        cert_file.write_bytes(serving.cert_pem)
+        key_file.write_bytes(serving.key_pem)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        if self._tls_dir is None:  # a folder of our own: leave no private key behind
+            shutil.rmtree(folder, ignore_errors=True)
+        return context
+
+    def listen_at(self, address: str) -> str:
+        """Also serve at ``address`` (e.g. the test's end of a link to a network namespace).
+
+        A component running in a namespace of :mod:`tests.support.netns` cannot reach
+        127.0.0.1 of the test's own; given a kubeconfig naming this URL it reaches the
+        same server over the link, with a certificate valid for that address.
+        """
+        assert self._loop is not None and self._runner is not None
+
+        listener = socket.create_server((address, 0))
+
+        async def serve() -> None:
+            assert self._runner is not None
+            context = self._serving_context(address)
+            await web.SockSite(self._runner, listener, ssl_context=context).start()
+
+        asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
+        return f"https://{address}:{listener.getsockname()[1]}"
 
     async def _serve_until_stopped(self) -> None:
         assert self._stopping is not None and self._runner is not None
@@ -1095,8 +1123,8 @@ class APIServer:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(main())
 
-    def write_kubeconfig(self, path: pathlib.Path) -> pathlib.Path:
-        """Write a kubeconfig with this server, its CA and a token; return its path."""
+    def write_kubeconfig(self, path: pathlib.Path, *, server: str | None = None) -> pathlib.Path:
+        """Write a kubeconfig with this server (or ``server``, see :meth:`listen_at`)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -1104,7 +1132,7 @@ class APIServer:
                 {
                     "name": "test",
                     "cluster": {
-                        "server": self.url,
+                        "server": server or self.url,
                         "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
                     },
                 }

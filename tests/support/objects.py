@@ -53,8 +53,13 @@ def allocated_claim(
     namespace: str = NAMESPACE,
     results: Iterable[Result] = (Result("backend-node-a", "gpu-0"),),
     configs: Iterable[Config] = (),
+    reserved_for: Iterable[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """An allocated ResourceClaim, shaped like ``01-resourceclaim-allocated-get.json``."""
+    """An allocated ResourceClaim, shaped like ``01-resourceclaim-allocated-get.json``.
+
+    ``reserved_for`` lists the pods (name, uid) in ``status.reservedFor``; None keeps
+    the captured one.
+    """
     claim = copy.deepcopy(fixture_object("01-resourceclaim-allocated-get.json"))
     meta = claim["metadata"]
     meta.update(name=name, namespace=namespace, uid=uid or str(uuid.uuid4()))
@@ -85,7 +90,50 @@ def allocated_claim(
     ]
     if config:
         allocation["config"] = config
+    if reserved_for is not None:
+        claim["status"]["reservedFor"] = [
+            {"resource": "pods", "name": pod, "uid": pod_uid} for pod, pod_uid in reserved_for
+        ]
     return claim
+
+
+def claim_pod(
+    *,
+    name: str,
+    uid: str,
+    claim: str,
+    ip: str | None = None,
+    node: str = "worker-1",
+    host_ip: str = "172.18.0.3",
+    host_network: bool = False,
+    namespace: str = NAMESPACE,
+) -> dict[str, Any]:
+    """A pod using ``claim``, shaped like ``01-pod-get.json``; running once it has an ``ip``.
+
+    A host-network pod's address is its node's (``host_ip``), as a kubelet reports it.
+    """
+    pod = copy.deepcopy(fixture_object("01-pod-get.json"))
+    meta = pod["metadata"]
+    meta.update(name=name, namespace=namespace, uid=uid)
+    for server_owned in ("resourceVersion", "managedFields"):
+        meta.pop(server_owned, None)
+    spec = pod["spec"]
+    spec.update(nodeName=node, resourceClaims=[{"name": "gpu", "resourceClaimName": claim}])
+    if host_network:
+        spec["hostNetwork"] = True
+        ip = ip or host_ip
+    status = pod["status"]
+    for field_name in ("podIP", "podIPs", "hostIP", "hostIPs"):
+        status.pop(field_name, None)
+    if ip is not None:
+        status.update(
+            phase="Running",
+            podIP=ip,
+            podIPs=[{"ip": ip}],
+            hostIP=host_ip,
+            hostIPs=[{"ip": host_ip}],
+        )
+    return pod
 
 
 def unallocated_claim(

@@ -184,6 +184,11 @@ class AgentProcess:
     ``loopback`` is the address it binds and is reached at: a loopback address of
     this host, or with ``host`` (a network namespace, see :mod:`tests.support.netns`)
     that host's address on a link, so the agent runs as a machine of its own.
+
+    Access control is off unless a ``kubeconfig`` is given: an agent enforcing it
+    changes the packet filter of the namespace it runs in, which only a namespace of
+    the test's own may be (never the test machine's); it reads its access list with
+    that kubeconfig.
     """
 
     def __init__(
@@ -198,7 +203,12 @@ class AgentProcess:
         base_port: int | None = None,
         extra_args: tuple[str, ...] = (),
         host: Host | None = None,
+        kubeconfig: pathlib.Path | None = None,
+        env: Mapping[str, str] | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
+        if kubeconfig is not None and host is None:
+            raise ValueError("an agent enforcing access control must run in a namespace")
         self.node = node
         self.loopback = loopback
         self.port = port or free_port()
@@ -228,14 +238,22 @@ class AgentProcess:
             "json",
             "--state-dir",
             str(self.state_dir),
+            *(
+                ("--kubeconfig", str(kubeconfig), "--access-control", "on")
+                if kubeconfig is not None
+                else ("--access-control", "off")
+            ),
             *extra_args,
         ]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("KUBECONFIG", None)
+        args = [*wrapper, *args]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             host.command(*args) if host else args,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=full_env,
         )
 
     @property

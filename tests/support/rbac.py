@@ -3,7 +3,9 @@
 A component's requests to the test API server (told apart by User-Agent) are
 turned into the attributes the authorizer sees (verb, API group, resource,
 subresource, namespace, name) and checked against the Roles and ClusterRoles the
-manifests bind to the component's ServiceAccount. Writing a claim's
+manifests bind to the component's ServiceAccount. A server-side apply of a whole
+object may create it, which the API server authorizes as ``create`` too, so it is
+checked as both ``patch`` and ``create``. Writing a claim's
 ``status.devices`` also needs ``arbitrary-node:<verb>`` on the synthetic
 ``resourceclaims/driver`` subresource named after the driver (1.36 granular
 status authorization), which is checked too.
@@ -19,6 +21,7 @@ from tests.support.apiserver import Request
 
 Obj = dict[str, Any]
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+APPLY = "application/apply-patch+yaml"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ def accesses(request: Request, *, driver: str = "gpu.gvirtus.io") -> list[Access
     else:
         verb = VERBS[request.method]
     found = [Access(verb, group, resource, subresource, namespace, name)]
+    if verb == "patch" and request.content_type == APPLY and not subresource:
+        found.append(Access("create", group, resource, "", namespace, name))
     if resource == "resourceclaims" and subresource == "status" and verb in ("update", "patch"):
         found.append(Access(f"arbitrary-node:{verb}", group, resource, "driver", namespace, driver))
     return found
