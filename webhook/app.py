@@ -75,7 +75,8 @@ class Certificates:
         """Refresh every reload interval until ``stop``; failures are logged and retried."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.reload_interval)
+                async with asyncio.timeout(self.settings.reload_interval):
+                    await stop.wait()
             if stop.is_set():
                 return
             try:

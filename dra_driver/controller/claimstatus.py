@@ -142,8 +142,11 @@ class ClaimStatus:
                 pending = self._backoff or any(
                     _undecided(c, bound=self._bound(c)) for c in self.claims.items.values()
                 )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation that ends this loop when leadership is lost.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.claims.changed.wait(), 1.0 if pending else None)
+                    async with asyncio.timeout(1.0 if pending else None):
+                        await self.claims.changed.wait()
         finally:
             for task in self._tasks:
                 task.cancel()

@@ -120,7 +120,8 @@ class LeaderElector:
             if await self._attempt(deadline=started + self.renew_deadline):
                 return started
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.retry_period)
+                async with asyncio.timeout(self.retry_period):
+                    await stop.wait()
         return None
 
     async def _renew_until_lost(

@@ -85,7 +85,8 @@ class Notifier:
         """Return on the next notification or after ``timeout`` seconds."""
         event = self._event
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
 
 
 class SliceCache:
@@ -205,7 +206,8 @@ class SliceCache:
         """
         if not self.synced.is_set():
             try:
-                await asyncio.wait_for(self.synced.wait(), self.sync_timeout)
+                async with asyncio.timeout(self.sync_timeout):
+                    await self.synced.wait()
             except TimeoutError:
                 log.warning(
                     "slice cache not synced after %.1fs; reading the API", self.sync_timeout
