@@ -34,7 +34,15 @@ CONTROLLER_POLICY = "gvirtus-dra-controller-scope"
 LABELER_POLICY = "gvirtus-dra-labeler-scope"
 NODE_POLICY = "gvirtus-dra-backend-opt-in-by-admin"
 PLUGIN_POLICY = "gvirtus-dra-kubelet-plugin-read-only"
-POLICIES = (SLICES_POLICY, CONTROLLER_POLICY, LABELER_POLICY, NODE_POLICY, PLUGIN_POLICY)
+ACCESS_POLICY = "gvirtus-dra-access-lists-from-controller-only"
+POLICIES = (
+    SLICES_POLICY,
+    CONTROLLER_POLICY,
+    ACCESS_POLICY,
+    LABELER_POLICY,
+    NODE_POLICY,
+    PLUGIN_POLICY,
+)
 BACKEND_LABEL = "gvirtus.io/backend.allowed"
 FRONTEND_LABEL = "gvirtus.io/frontend.allowed"
 
@@ -560,11 +568,48 @@ def test_the_kubelet_plugin_writes_nothing(who: str, req: Obj, allowed: bool) ->
         assert f"(refused: {req['operation']} {req['resource']['resource']}" in message
 
 
+# -- only the controller says who may reach a backend -----------------------------------------
+
+
+def _admit_everyone(config_map: Obj) -> None:
+    config_map["data"] = {"addresses": "0.0.0.0/0\n"}
+
+
+def _orphan_list(config_map: Obj) -> None:
+    config_map["metadata"]["ownerReferences"] = []
+
+
+ACCESS_TABLE = [
+    *[creates(w, ACCESS, w == "controller", f"{w}-creates") for w in IDENTITIES],
+    *[
+        updates(w, edited(ACCESS, _admit_everyone), ACCESS, w == "controller", f"{w}-widens")
+        for w in IDENTITIES
+    ],
+    *[deletes(w, ACCESS, w in DELETES_SLICES, f"{w}-deletes") for w in IDENTITIES],
+    updates("garbage-collector", edited(ACCESS, _orphan_list), ACCESS, True, "collector-orphans"),
+    # Other ConfigMaps of the namespace are not access lists.
+    creates("admin", OWN_CONFIG, True, "admin-writes-the-policy-config"),
+    updates("labeler", edited(OWN_CONFIG, _admit_everyone), OWN_CONFIG, True, "not-an-access-list"),
+]
+
+
+@pytest.mark.parametrize(("who", "req", "allowed"), ACCESS_TABLE)
+def test_only_the_controller_writes_the_backend_access_lists(
+    who: str, req: Obj, allowed: bool
+) -> None:
+    answer = check(ACCESS_POLICY, req, allowed)
+
+    for message in answer.refusals:
+        assert message.startswith("only the gvirtus-dra controller ")
+        assert f"not {IDENTITIES[who]['username']}:" in message, "names who was refused"
+
+
 # -- the tables themselves -----------------------------------------------------------------
 
 TABLES = {
     SLICES_POLICY: SLICE_TABLE,
     CONTROLLER_POLICY: CONTROLLER_TABLE,
+    ACCESS_POLICY: ACCESS_TABLE,
     LABELER_POLICY: LABELER_TABLE,
     NODE_POLICY: NODE_TABLE,
     PLUGIN_POLICY: PLUGIN_TABLE,
