@@ -165,7 +165,7 @@ async def _serve_http(
         ready={
             "sockets": probe.check,
             "startup": _async(state.readiness.problem),
-            "checkpoint": _async(state.checkpoint_problem),
+            "checkpoint": state.checkpoint_problem,
             "slices": _async(lambda: None if slices.synced.is_set() else "slice cache not synced"),
         },
     )

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dra_driver import files
+from dra_driver.plugin import paths
 
 API_VERSION: Literal["checkpoint.gpu.gvirtus.io/v1"] = "checkpoint.gpu.gvirtus.io/v1"
 KIND: Literal["KubeletPluginCheckpoint"] = "KubeletPluginCheckpoint"
@@ -69,6 +70,14 @@ class CheckpointData(_Model):
     kind: Literal["KubeletPluginCheckpoint"] = KIND
     driver: str
     claims: dict[str, PreparedClaim] = Field(default_factory=dict)
+
+    @field_validator("claims")
+    @classmethod
+    def _uids(cls, claims: dict[str, PreparedClaim]) -> dict[str, PreparedClaim]:
+        """Keys become paths at recovery: only real UIDs (the plugin never writes others)."""
+        for uid in claims:
+            paths.check_uid(uid)
+        return claims
 
 
 @dataclass(frozen=True)

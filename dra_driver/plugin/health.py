@@ -59,13 +59,13 @@ class HealthService(health_grpc.DRAResourceHealthServicer):
         self.slices = slices
         self.interval = interval
 
-    def snapshot(self) -> Any:
+    async def snapshot(self) -> Any:
         """One complete ``NodeWatchResourcesResponse``."""
         now = int(time.time())
         seen: set[tuple[str, str]] = set()
         counts = {"healthy": 0, "unhealthy": 0, "unknown": 0}
         entries = []
-        for prepared in self.state.prepared_devices():
+        for prepared in await self.state.prepared_devices():
             key = (prepared.pool, prepared.device)
             if key in seen:  # shared devices appear once per claim; report each once
                 continue
@@ -90,5 +90,5 @@ class HealthService(health_grpc.DRAResourceHealthServicer):
     async def NodeWatchResources(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
         """Send the full list now, on every change, and every ``interval`` seconds."""
         while True:
-            yield self.snapshot()
+            yield await self.snapshot()
             await self.slices.changes.wait(self.interval)

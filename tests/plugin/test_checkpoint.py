@@ -16,6 +16,9 @@ from dra_driver.plugin.checkpoint import (
     PreparedDevice,
 )
 
+UID = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+OTHER_UID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
 
 def entry() -> PreparedClaim:
     device = PreparedDevice(
@@ -37,7 +40,7 @@ def test_round_trip_keeps_everything(tmp_path: pathlib.Path) -> None:
     file = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io")
     data = file.read()
     assert data.claims == {}
-    data.claims["uid-1"] = entry()
+    data.claims[UID] = entry()
     file.write(data)
     again = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io").read()
     assert again == data
@@ -47,7 +50,7 @@ def test_round_trip_keeps_everything(tmp_path: pathlib.Path) -> None:
         "KubeletPluginCheckpoint",
         "gpu.gvirtus.io",
     )
-    assert raw["claims"]["uid-1"]["devices"][0]["cdiName"] == "u-gpu-0"
+    assert raw["claims"][UID]["devices"][0]["cdiName"] == "u-gpu-0"
     assert oct((tmp_path / "checkpoint.json").stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"], "no temporary file left"
 
@@ -73,6 +76,14 @@ HEADER = b'"apiVersion": "checkpoint.gpu.gvirtus.io/v1", "kind": "KubeletPluginC
             "belongs to driver 'other.gvirtus.io'",
         ),
         (b"[1, 2]", "is corrupt"),
+        (
+            b"{"
+            + HEADER
+            + b', "driver": "gpu.gvirtus.io", "claims": {"../..": '
+            + entry().model_dump_json(by_alias=True).encode()
+            + b"}}",
+            r"is corrupt \(claims: Value error, claim uid '\.\./\.\.' is not a Kubernetes UID",
+        ),
     ],
     ids=[
         "empty",
@@ -81,6 +92,7 @@ HEADER = b'"apiVersion": "checkpoint.gpu.gvirtus.io/v1", "kind": "KubeletPluginC
         "foreign-driver-format",
         "other-driver",
         "not-an-object",
+        "claim-uid-that-is-a-path",
     ],
 )
 def test_unusable_files_are_reported_and_left_alone(
@@ -100,7 +112,7 @@ def test_changes_by_another_process_are_noticed(tmp_path: pathlib.Path) -> None:
     theirs = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io")
     ours.write(CheckpointData(driver="gpu.gvirtus.io"))
     assert not ours.changed()
-    theirs.write(CheckpointData(driver="gpu.gvirtus.io", claims={"x": entry()}))
+    theirs.write(CheckpointData(driver="gpu.gvirtus.io", claims={OTHER_UID: entry()}))
     assert ours.changed()
-    assert list(ours.read().claims) == ["x"]
+    assert list(ours.read().claims) == [OTHER_UID]
     assert not ours.changed()

@@ -73,6 +73,16 @@ async def register(process: PluginProcess) -> Plugin:
     return await kubelet.register(process.dirs.registry / process.registration_socket_name)
 
 
+async def recovered(plugin: Plugin) -> None:
+    """Return once the plugin's start-up recovery finished (every unprepare waits for it).
+
+    The sockets serve before the recovery: checking the disk right after registering
+    would race with it.
+    """
+    nobody = Claim(namespace="gvirtus-demo", uid=str(uuid.uuid4()), name="nobody")
+    assert await plugin.unprepare([nobody]) == {nobody.uid: ""}
+
+
 def invariants(dirs: PluginDirs) -> dict[str, Any]:
     """Disk and checkpoint agree: what a restarted node must always find."""
     recorded = json.loads((dirs.data_dir / "checkpoint.json").read_text())["claims"]
@@ -394,6 +404,7 @@ async def test_crash_at_any_point_leaves_a_consistent_node(
     await plugin.close()
 
     plugin = await register(await start())
+    await recovered(plugin)
     recorded = invariants(node_dirs)
     assert list(recorded) == ([uid] if point == "prepare:checkpointed" else [])
     # The kubelet retries the call it saw fail; it succeeds and the node stays consistent.
@@ -446,9 +457,61 @@ async def test_random_kills_during_concurrent_prepares_never_leave_orphans(
         process.kill()
         await asyncio.gather(*calls, return_exceptions=True)
         await plugin.close()
-        plugin = await register(await start())
+        checker = await start()
+        plugin = await register(checker)
+        await recovered(plugin)
         invariants(node_dirs)
         await plugin.close()
+        checker.terminate()  # one plugin at a time, as on a node without a rolling update
+
+
+async def test_the_health_stream_and_other_calls_are_answered_during_a_large_prepare(
+    apiserver: APIServer, start: Callable[..., Any], node_dirs: PluginDirs
+) -> None:
+    running = objects.allocated_claim(name="running", results=[Result("backend-node-a", "gpu-0")])
+    claims = [
+        objects.allocated_claim(name=f"c{i}", results=[Result("backend-node-a", f"gpu-{i % 2}")])
+        for i in range(200)
+    ]
+    for obj in (running, *claims):
+        apiserver.put(obj)
+    release = node_dirs.root / "release-writing"
+    process = await start(env={"GVIRTUS_DRA_PAUSE_AT": f"prepare:writing={release}"})
+    plugin = await register(process)
+    release.touch()  # the running pod's claim is prepared without a hold
+    assert (await plugin.prepare([claim_of(running)]))[running["metadata"]["uid"]].error == ""
+    release.unlink()
+    stream = plugin.watch_health()
+    key = ("backend-node-a", "gpu-0")
+    await next_health(stream, lambda r: health_of(r).get(key, ("",))[0] == "HEALTHY")
+
+    large = asyncio.create_task(plugin.prepare([claim_of(c) for c in claims]))
+    async with asyncio.timeout(60):
+        while "paused at prepare:writing" not in process.logs():
+            await asyncio.sleep(0.02)
+    # The worker thread writing the claims' files is held; the event loop is not: it
+    # follows a slice change to the health stream and answers another call.
+    apiserver.put(
+        objects.backend_slice(
+            pool="backend-node-a",
+            generation=2,
+            devices=[
+                Device("gpu-0", taints=(("gvirtus.io/unhealthy", "backend-down", "NoSchedule"),)),
+                Device("gpu-1", port=10000),
+            ],
+        )
+    )
+    await next_health(stream, lambda r: health_of(r).get(key, ("",))[0] == "UNHEALTHY")
+    assert await plugin.prepare([]) == {}
+    assert not large.done(), "the large prepare is still held in its worker thread"
+    release.touch()
+
+    results = await large
+    assert len(results) == len(claims)
+    assert {r.error for r in results.values()} == {""}, "prepared before gpu-0 turned unhealthy"
+    assert len(invariants(node_dirs)) == len(claims) + 1
+    await stream.aclose()
+    await plugin.close()
 
 
 async def test_concurrent_prepares_from_many_pods(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import pathlib
 import shutil
 import uuid
@@ -869,3 +870,283 @@ async def test_the_captured_tolerated_allocation_gets_its_tainted_device(
 
     assert (result.error == "") if tolerated else (error in result.error)
     assert len(result.devices) == (1 if tolerated else 0)
+
+
+# -- hostile input: claim UIDs that are paths, forged slices ------------------------------
+
+OUTSIDE_FILES = ("keep.txt", "sub/keep.txt")
+
+
+def outside_tree(root: pathlib.Path) -> pathlib.Path:
+    """A directory outside the claims directory holding files nothing may remove."""
+    folder = root / "outside"
+    for name in OUTSIDE_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("precious")
+    return folder
+
+
+def untouched(node: Node, outside: pathlib.Path, before: dict[str, bytes]) -> None:
+    """Everything outside the claims directory is as it was."""
+    assert all((outside / name).read_text() == "precious" for name in OUTSIDE_FILES)
+    data = node.root / "data"
+    now = {
+        str(p.relative_to(data)): p.read_bytes()
+        for p in data.rglob("*")
+        if p.is_file() and not p.is_relative_to(node.claims)
+    }
+    assert now == before, "the data directory outside claims/ is untouched"
+
+
+def snapshot(node: Node) -> dict[str, bytes]:
+    data = node.root / "data"
+    return {
+        str(p.relative_to(data)): p.read_bytes()
+        for p in data.rglob("*")
+        if p.is_file() and not p.is_relative_to(node.claims)
+    }
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "..",
+        "../..",
+        "../../..",
+        "/",
+        "OUTSIDE",  # replaced by the absolute path of the directory outside
+        "./",
+        "",
+        "a\x00b",
+        "0" * 5000,
+        "6F1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D",  # Kubernetes writes lowercase
+        "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/..",
+        "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n",
+    ],
+    ids=[
+        "dotdot",
+        "dotdot-dotdot",
+        "three-up",
+        "root",
+        "absolute",
+        "dot",
+        "empty",
+        "nul",
+        "very-long",
+        "uppercase",
+        "uid-then-dotdot",
+        "trailing-newline",
+    ],
+)
+async def test_hostile_claim_uids_touch_nothing_outside_the_claims_directory(
+    apiserver: APIServer, node: Node, uid: str
+) -> None:
+    prepared = objects.allocated_claim(name="c1")
+    seed(apiserver, prepared)
+    assert (await node.state.prepare([ref(prepared)]))[ref(prepared).uid].error == ""
+    outside = outside_tree(node.root)
+    uid = str(outside) if uid == "OUTSIDE" else uid
+    before = snapshot(node)
+    hostile = ClaimRef(namespace="gvirtus-demo", uid=uid, name="c1")
+
+    unprepared = await node.state.unprepare([hostile, ref(prepared)])
+    again = await node.state.prepare([hostile])
+
+    for error in (unprepared[uid], again[uid].error):
+        assert "is not a Kubernetes UID" in error
+        assert "lowercase RFC 4122 UUID" in error, "the message says what a UID looks like"
+        assert "nothing was touched" in error
+        assert len(error) < 600, "a long UID is not repeated whole"
+    assert unprepared[ref(prepared).uid] == "", "the other claim of the call is unprepared"
+    assert not (node.claims / ref(prepared).uid).exists()
+    before.pop("checkpoint.json")
+    after = snapshot(node)
+    assert json.loads(after.pop("checkpoint.json"))["claims"] == {}
+    assert after == before, "the data directory outside claims/ is untouched"
+    assert all((outside / name).read_text() == "precious" for name in OUTSIDE_FILES)
+    assert node.claims.is_dir()
+
+
+async def test_a_symlink_planted_in_the_claims_directory_is_never_followed(
+    apiserver: APIServer, node: Node
+) -> None:
+    outside = outside_tree(node.root)
+    planted = [str(uuid.uuid4()) for _ in range(3)]
+    for uid in planted:
+        (node.claims / uid).symlink_to(outside, target_is_directory=True)
+    (node.cdi / f"gvirtus.io-gpu_{planted[0]}.json").symlink_to(outside / "keep.txt")
+    claim = objects.allocated_claim(name="c1", uid=planted[1])
+    seed(apiserver, claim)
+    before = snapshot(node)
+
+    unprepared = await node.state.unprepare([ClaimRef("gvirtus-demo", planted[0], "x")])
+    prepared = (await node.state.prepare([ref(claim)]))[planted[1]]
+    fresh, _ = build_state(node.state.kube, node.root)
+    await fresh.recover()  # planted[2] is debris to a restarted plugin
+
+    assert unprepared == {planted[0]: ""}
+    assert "leads outside" in prepared.error
+    assert prepared.devices == ()
+    assert sorted(p.name for p in outside.rglob("*")) == ["keep.txt", "keep.txt", "sub"]
+    assert all((outside / name).read_text() == "precious" for name in OUTSIDE_FILES)
+    assert list(node.claims.iterdir()) == [], "the links themselves are removed"
+    assert list(node.cdi.iterdir()) == []
+    before.pop("checkpoint.json", None)
+    assert {k: v for k, v in snapshot(node).items() if k != "checkpoint.json"} == before
+    fresh.serializer.close()
+
+
+async def test_the_lock_file_is_the_plugins_own(short_tmp: pathlib.Path) -> None:
+    fresh, inherited = short_tmp / "fresh.lock", short_tmp / "inherited.lock"
+    inherited.touch(mode=0o666)
+    inherited.chmod(0o666)  # as older versions left it
+    previous = os.umask(0)
+    try:
+        serializers = [Serializer(lock_file=path) for path in (fresh, inherited)]
+        for serializer in serializers:
+            serializer.open()
+    finally:
+        os.umask(previous)
+    for serializer in serializers:
+        serializer.close()
+    assert [oct(p.stat().st_mode & 0o777) for p in (fresh, inherited)] == ["0o600", "0o600"]
+
+
+FORGED_ADDRESS = "10.66.6.6"
+
+
+def forged_slice(*, placement: dict[str, Any], name: str, owner: str = "") -> dict[str, Any]:
+    """A slice as an attacker with some identity's credentials could create it."""
+    forged = objects.backend_slice(
+        pool="backend-node-a",
+        generation=100,
+        name=name,
+        devices=[
+            Device("gpu-0", address=FORGED_ADDRESS, port=7777, uuid="GPU-aaaa-0"),
+            Device("gpu-7", address=FORGED_ADDRESS, port=7777),
+        ],
+    )
+    del forged["spec"]["nodeSelector"]
+    forged["spec"].update(placement)
+    forged["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "someone-else"}
+    if owner:
+        forged["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Node", "name": owner, "uid": str(uuid.uuid4())}
+        ]
+    return forged
+
+
+async def seen_after(apiserver: APIServer, node: Node) -> None:
+    """Return once the slice watch delivered every change made so far (in order)."""
+    apiserver.put(objects.backend_slice(pool="sentinel", devices=[Device("gpu-0")]))
+    async with asyncio.timeout(10):
+        while not node.slices.has_pool("sentinel"):
+            await node.slices.changes.wait(0.1)
+
+
+def with_recorded_backend(claim: dict[str, Any], address: str, port: int) -> dict[str, Any]:
+    """The claim with the controller's ``status.devices`` entry for its first device."""
+    result = claim["status"]["allocation"]["devices"]["results"][0]
+    claim["status"]["devices"] = [
+        {
+            "driver": "gpu.gvirtus.io",
+            "pool": result["pool"],
+            "device": result["device"],
+            "conditions": [
+                {
+                    "type": "gvirtus.io/BackendReady",
+                    "status": "True",
+                    "reason": "BackendReady",
+                    "message": "GPU healthy",
+                    "lastTransitionTime": "2026-11-23T01:13:09Z",
+                }
+            ],
+            "data": {
+                "backendNode": result["pool"],
+                "backendAddress": address,
+                "backendPort": port,
+                "uuid": "GPU-aaaa-0",
+                "model": "NVIDIA H100 80GB HBM3",
+            },
+        }
+    ]
+    return claim
+
+
+@pytest.mark.parametrize(
+    ("placement", "owner", "recorded"),
+    [
+        ({"nodeName": "worker-1"}, "worker-1", False),
+        ({"nodeName": "worker-1"}, "worker-1", True),
+        ({"allNodes": True}, "", False),
+        ({"allNodes": True}, "backend-node-a", True),
+    ],
+    ids=[
+        "own-node-name",
+        "own-node-name-claim-status-written",
+        "all-nodes",
+        "all-nodes-claim-status-written",
+    ],
+)
+async def test_forged_slices_never_change_what_a_pod_is_given(
+    apiserver: APIServer,
+    node: Node,
+    placement: dict[str, Any],
+    owner: str,
+    recorded: bool,
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    if recorded:
+        with_recorded_backend(claim, "10.0.0.5", 9999)
+    extra = objects.allocated_claim(name="c2", results=[Result("backend-node-a", "gpu-7")])
+    seed(apiserver, claim, extra)
+    apiserver.put(forged_slice(placement=placement, name="forged", owner=owner))
+    await seen_after(apiserver, node)
+
+    results = await node.state.prepare([ref(claim), ref(extra)])
+
+    (device,) = results[ref(claim).uid].devices
+    assert (device.address, device.port) == ("10.0.0.5", 9999)
+    properties = node.claims / ref(claim).uid / "0-gpu-0.json"
+    assert FORGED_ADDRESS.encode() not in properties.read_bytes()
+    assert FORGED_ADDRESS not in node.spec(ref(claim).uid).__repr__()
+    assert "is not in pool backend-node-a" in results[ref(extra).uid].error
+    assert list(node.recorded()) == [ref(claim).uid]
+
+
+async def test_a_slice_that_disagrees_with_the_claims_recorded_backend_is_refused(
+    apiserver: APIServer, node: Node
+) -> None:
+    # Shaped like the controller's (nodeSelector), newer, other owner and labels: the
+    # plugin cannot tell it from a real one, but the claim's status names the backend.
+    claim = with_recorded_backend(objects.allocated_claim(name="c1"), "10.0.0.5", 9999)
+    seed(apiserver, claim)
+    forged = forged_slice(placement={}, name="forged", owner="attacker")
+    forged["spec"]["nodeSelector"] = copy.deepcopy(BACKEND_A["spec"]["nodeSelector"])
+    apiserver.put(forged)
+    for _ in range(200):
+        found = node.slices.lookup(pool="backend-node-a", device="gpu-0")
+        if found is not None and found.attributes.get("backendAddress") == FORGED_ADDRESS:
+            break
+        await asyncio.sleep(0.01)
+
+    result = (await node.state.prepare([ref(claim)]))[ref(claim).uid]
+
+    assert result.devices == ()
+    assert "ResourceClaim gvirtus-demo/c1" in result.error
+    assert f"its ResourceSlice names backend {FORGED_ADDRESS}:7777" in result.error
+    assert "status.devices (written by the controller) names backend 10.0.0.5:9999" in (
+        result.error
+    )
+    assert node.recorded() == {}
+    assert list(node.claims.iterdir()) == [] and list(node.cdi.iterdir()) == []
+
+    apiserver.remove("resourceslices", "forged")  # an admin deletes it
+    for _ in range(200):
+        found = node.slices.lookup(pool="backend-node-a", device="gpu-0")
+        if found is not None and found.attributes.get("backendAddress") == "10.0.0.5":
+            break
+        await asyncio.sleep(0.01)
+    again = (await node.state.prepare([ref(claim)]))[ref(claim).uid]
+    assert again.error == ""
+    assert (again.devices[0].address, again.devices[0].port) == ("10.0.0.5", 9999)
