@@ -27,8 +27,8 @@ Invariants, kept under the serialization lock:
   calls are answered meanwhile. The checkpoint in memory is replaced, never changed
   in place, so the event loop can read it while a worker writes the next one.
 
-What is durable before the kubelet gets an answer: the checkpoint only (fsync of the
-file and of its directory). ``properties.json`` files and CDI specs are written
+What is durable before the kubelet gets an answer: the checkpoint only (one flush of
+its journal, see :mod:`.checkpoint`). ``properties.json`` files and CDI specs are written
 atomically but not flushed: after a power cut, recovery rewrites any that are
 missing or damaged from the checkpoint, and the CDI directory is a tmpfs anyway.
 """
@@ -198,6 +198,11 @@ class State:
         self.checkpoint.write(data)
         self._publish(data)
 
+    def _record(self, data: CheckpointData, changes: dict[str, PreparedClaim | None]) -> None:
+        """Make ``data`` durable by recording ``changes``, then publish it (worker thread)."""
+        self.checkpoint.record(data, changes)
+        self._publish(data)
+
     def _publish(self, data: CheckpointData) -> None:
         self._data, self._problem = data, None
         PREPARED_CLAIMS.set(len(data.claims))
@@ -317,7 +322,10 @@ class State:
             if added:
                 crash_point("prepare:files-written")
                 try:
-                    self._save(data.model_copy(update={"claims": claims}))
+                    self._record(
+                        data.model_copy(update={"claims": claims}),
+                        {ref.uid: claims[ref.uid] for ref in added},
+                    )
                 except OSError as exc:
                     for ref in added:
                         self._remove_files(ref.uid, quiet=True)
@@ -515,10 +523,11 @@ class State:
             except CheckpointError as exc:
                 return {r.uid: f"{r}: {exc}" for r in refs}
             self._remember_unprepares(refs)
-            claims = {uid: c for uid, c in data.claims.items() if uid not in {r.uid for r in refs}}
-            if len(claims) != len(data.claims):  # unknown claims leave nothing to record
+            dropped = {r.uid for r in refs} & set(data.claims)
+            if dropped:  # unknown claims leave nothing to record
+                claims = {uid: c for uid, c in data.claims.items() if uid not in dropped}
                 try:
-                    self._save(data.model_copy(update={"claims": claims}))
+                    self._record(data.model_copy(update={"claims": claims}), dict.fromkeys(dropped))
                 except OSError as exc:
                     return {
                         r.uid: f"{r}: recording the unprepare in the checkpoint failed: {exc}"
@@ -646,7 +655,7 @@ class State:
         """Remove what no checkpointed claim accounts for; count the removals."""
         debris: list[pathlib.Path] = []
         for path in self.claims_dir.iterdir():
-            if path.name not in known:
+            if path.name not in known or path.is_symlink():  # a link is never ours
                 debris.append(path)
             elif path.is_dir():
                 debris += [p for p in path.iterdir() if files.is_temp(p)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 
@@ -116,3 +117,113 @@ def test_changes_by_another_process_are_noticed(tmp_path: pathlib.Path) -> None:
     assert ours.changed()
     assert list(ours.read().claims) == [OTHER_UID]
     assert not ours.changed()
+
+
+# -- the journal: one flush per change, whatever the number of claims held -------------
+
+
+def uid(n: int) -> str:
+    return f"{n:08x}-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+
+def held(count: int) -> CheckpointData:
+    return CheckpointData(driver="gpu.gvirtus.io", claims={uid(n): entry() for n in range(count)})
+
+
+def test_a_change_is_one_flush_of_one_line_whatever_is_held(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io")
+    data = held(1000)
+    file.write(data)
+    snapshot = file.path.read_bytes()
+    flushes: list[int] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, real=real: (flushes.append(fd), real(fd))[1])
+
+    data.claims[uid(1000)] = entry()
+    file.record(data, {uid(1000): data.claims[uid(1000)]})
+    data.claims.pop(uid(3))
+    file.record(data, {uid(3): None})
+
+    assert len(flushes) == 3, "the journal's creation flushes its directory once, then one each"
+    assert file.path.read_bytes() == snapshot, "the file of 1,000 claims is not rewritten"
+    assert len(file.journal.read_bytes().splitlines()) == 2
+    assert CheckpointFile(path=file.path, driver="gpu.gvirtus.io").read() == data
+
+
+def test_a_line_torn_by_a_crash_is_ignored_and_folded_away(tmp_path: pathlib.Path) -> None:
+    file = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io")
+    data = held(2)
+    file.write(data)
+    data.claims[uid(2)] = entry()
+    file.record(data, {uid(2): data.claims[uid(2)]})
+    with open(file.journal, "ab") as journal:
+        journal.write(b'{"uid": "' + uid(3).encode() + b'", "claim": {"namesp')  # power cut
+
+    restarted = CheckpointFile(path=file.path, driver="gpu.gvirtus.io")
+    recovered = restarted.read()
+    assert recovered == data, "the torn change was never acknowledged"
+    recovered.claims.pop(uid(0))
+    restarted.record(recovered, {uid(0): None})
+
+    assert file.journal.read_bytes() == b"", "the next change rewrote the file"
+    assert CheckpointFile(path=file.path, driver="gpu.gvirtus.io").read() == recovered
+
+
+def test_a_crash_between_rewriting_the_file_and_emptying_the_journal_loses_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    file = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io")
+    data = held(3)
+    file.write(data)
+    data.claims.pop(uid(1))
+    file.record(data, {uid(1): None})
+    data.claims[uid(7)] = entry()
+    file.record(data, {uid(7): data.claims[uid(7)]})
+    journal = file.journal.read_bytes()
+    file.write(data)  # the rewrite...
+    file.journal.write_bytes(journal)  # ...and the emptying that did not happen
+
+    assert CheckpointFile(path=file.path, driver="gpu.gvirtus.io").read() == data
+
+
+def test_the_journal_is_folded_into_the_file_once_it_outgrows_it(tmp_path: pathlib.Path) -> None:
+    file = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io")
+    data = held(0)
+    file.write(data)
+    sizes = []
+    for n in range(400):
+        data.claims[uid(n)] = entry()
+        file.record(data, {uid(n): data.claims[uid(n)]})
+        sizes.append(file.journal.stat().st_size)
+
+    assert max(sizes) <= 64 * 1024 + 1024
+    assert 0 in sizes[1:], "folded at least once"
+    assert CheckpointFile(path=file.path, driver="gpu.gvirtus.io").read() == data
+
+
+@pytest.mark.parametrize(
+    ("journal", "checkpoint", "message"),
+    [
+        (b"not json\n{}\n", True, "journal .* is corrupt at line 1"),
+        (b'{"uid": "../..", "claim": null}\n', True, "is not a Kubernetes UID"),
+        (b'{"uid": "' + uid(1).encode() + b'", "claim": null}\n', False, "exists without"),
+    ],
+    ids=["garbage-line", "hostile-uid", "journal-without-its-file"],
+)
+def test_an_unusable_journal_is_reported_and_left_alone(
+    tmp_path: pathlib.Path, journal: bytes, checkpoint: bool, message: str
+) -> None:
+    file = CheckpointFile(path=tmp_path / "checkpoint.json", driver="gpu.gvirtus.io")
+    if checkpoint:
+        file.write(held(1))
+    file.journal.write_bytes(journal)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    with pytest.raises(CheckpointError, match=message) as caught:
+        CheckpointFile(path=file.path, driver="gpu.gvirtus.io").read()
+
+    assert "aside" in str(caught.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

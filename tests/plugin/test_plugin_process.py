@@ -28,6 +28,7 @@ from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2 as reg_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from dra_driver.models import parse_config
+from dra_driver.plugin.checkpoint import CheckpointFile
 from dra_driver.plugin.faults import POINTS
 from tests.support import cdi_check, components, gvirtus, kubelet, manifests, objects
 from tests.support.apiserver import APIServer
@@ -85,7 +86,8 @@ async def recovered(plugin: Plugin) -> None:
 
 def invariants(dirs: PluginDirs) -> dict[str, Any]:
     """Disk and checkpoint agree: what a restarted node must always find."""
-    recorded = json.loads((dirs.data_dir / "checkpoint.json").read_text())["claims"]
+    checkpoint = CheckpointFile(path=dirs.data_dir / "checkpoint.json", driver="gpu.gvirtus.io")
+    recorded = checkpoint.read().model_dump(by_alias=True)["claims"]
     claim_dirs = {p.name for p in (dirs.data_dir / "claims").iterdir()}
     specs = {
         p.name.removeprefix("gvirtus.io-gpu_").removesuffix(".json") for p in dirs.cdi.iterdir()
