@@ -816,6 +816,31 @@ class Fault:
 
 
 @dataclasses.dataclass(frozen=True)
+class Latency:
+    """Time a real API server spends that this one does not, in seconds (0: none).
+
+    A kube-apiserver authenticates, authorizes, runs admission and encodes each
+    request, and keeps objects in etcd, whose single raft loop persists every write
+    (a WAL fsync) before it commits, one batch at a time. A linearizable read (a GET
+    or LIST without ``resourceVersion``, what clients send by default) asks that same
+    loop for its read index, so it waits for the write being persisted. The model:
+
+    * ``write``: each write holds the one raft loop for this long (writes queue);
+    * ``read``: each read costs this long, after waiting for the raft loop to be free
+      (reads run side by side).
+
+    Watches are not delayed (the watch cache serves them). Which numbers to use, and
+    why, is in ``docs/benchmarks.md``.
+    """
+
+    read: float = 0.0
+    write: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.read or self.write)
+
+
+@dataclasses.dataclass(frozen=True)
 class Request:
     method: str
     path: str
@@ -841,8 +866,11 @@ class APIServer:
         history: int = 10_000,
         tls_dir: pathlib.Path | None = None,
         disabled_features: frozenset[str] = frozenset(),
+        latency: Latency = Latency(),
     ) -> None:
         self.token = token or secrets.token_urlsafe(16)
+        self.latency = latency
+        self._raft: asyncio.Lock | None = None
         self.disabled_features = disabled_features
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
@@ -901,6 +929,7 @@ class APIServer:
 
     async def _start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self._stopping = asyncio.Event()
+        self._raft = asyncio.Lock()
         day = datetime.timedelta(days=1)
         ca = certs.new_ca(common_name="test-apiserver CA", valid_for=day)
         serving = certs.new_serving(ca=ca, dns_names=["localhost"], ips=[host], valid_for=day)
@@ -1121,12 +1150,28 @@ class APIServer:
             self._authenticate(request)
             fault = await self._apply_faults(request)
             kind, namespace, name, sub = self._route(group, version, request.match_info["rest"])
+            if self.latency and not (request.method == "GET" and query.get("watch")):
+                await self._storage(request, query)
             response = await self._dispatch(request, kind, namespace, name, sub, query)
         except APIError as exc:
             response = web.json_response(exc.body, status=exc.code)
         if fault is not None and fault.answer_delay:
             await self._hold(fault.answer_delay)
         return response
+
+    async def _storage(self, request: web.Request, query: Mapping[str, str]) -> None:
+        """Spend what a real server and etcd would (see :class:`Latency`)."""
+        assert self._raft is not None
+        if request.method == "GET":
+            if query.get("resourceVersion") in (None, ""):
+                async with self._raft:  # the read index waits for the write in progress
+                    pass
+            await self._hold(self.latency.read)
+        elif not _dry_run(query):
+            async with self._raft:
+                await self._hold(self.latency.write)
+        else:
+            await self._hold(self.latency.read)
 
     def _authenticate(self, request: web.Request) -> None:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -1823,8 +1868,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=pathlib.Path, help="JSON list of objects to hold from the start"
     )
+    parser.add_argument(
+        "--read-latency-ms", type=float, default=0.0, help="added to every read (see Latency)"
+    )
+    parser.add_argument(
+        "--write-latency-ms",
+        type=float,
+        default=0.0,
+        help="each write holds the one storage loop this long (see Latency)",
+    )
     args = parser.parse_args(argv)
-    server = APIServer(bookmark_interval=args.bookmark_interval)
+    server = APIServer(
+        bookmark_interval=args.bookmark_interval,
+        latency=Latency(read=args.read_latency_ms / 1000, write=args.write_latency_ms / 1000),
+    )
     for obj in json.loads(args.seed.read_text()) if args.seed else []:
         server.put(obj)
     server.run_forever(port=args.port, kubeconfig=args.kubeconfig)
