@@ -101,8 +101,14 @@ class KubeClient:
 
     # -- verbs ------------------------------------------------------------------------
 
-    async def get(self, resource: Resource, name: str, *, namespace: str | None = None) -> Obj:
-        """One object.
+    async def get(
+        self, resource: Resource, name: str, *, namespace: str | None = None, cached: bool = False
+    ) -> Obj:
+        """One object; with ``cached``, as the API server's watch cache holds it.
+
+        A cached read (``resourceVersion=0``) costs the server no etcd read and never
+        waits for writes being persisted, but may be a moment old: callers check what
+        they got and read again without ``cached`` when it is not enough.
 
         Raises:
             NotFoundError: it does not exist; other :class:`KubeError` as answered.
@@ -110,7 +116,8 @@ class KubeClient:
         _scope(resource, namespace)  # refuses a namespace for a cluster-scoped kind
         where = f"/namespaces/{_segment(namespace)}" if namespace is not None else ""
         path = f"{_base(resource)}{where}/{resource.plural}/{_segment(name)}"
-        return await self._call(self._direct, path=path)
+        query = (("resourceVersion", "0"),) if cached else ()
+        return await self._call(self._direct, path=path, query=query)
 
     async def list(
         self,
@@ -320,11 +327,14 @@ class KubeClient:
         method: Callable[..., Any] = getattr(api, f"{name}_without_preload_content")
         return method
 
-    async def _direct(self, *, path: str, _request_timeout: float) -> Any:
+    async def _direct(
+        self, *, path: str, query: tuple[tuple[str, str], ...], _request_timeout: float
+    ) -> Any:
         """GET ``path`` through the library's ``ApiClient``; the raw response."""
         request = await self.api_client.param_serialize(
             method="GET",
             resource_path=path,
+            query_params=list(query),
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
         )

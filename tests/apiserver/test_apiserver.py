@@ -525,3 +525,17 @@ async def test_a_linearizable_read_waits_for_the_write_being_persisted(
     for task in (writing, linearizable):
         task.cancel()
     await asyncio.gather(writing, linearizable, return_exceptions=True)
+
+
+async def test_the_watch_cache_shows_objects_as_they_were_a_lag_ago(
+    apiserver: APIServer, http: aiohttp.ClientSession
+) -> None:
+    apiserver.put(objects.allocated_claim(name="c1"))
+    cached = {"resourceVersion": "0"}
+    assert (await call(http, "GET", f"{CLAIMS}/c1", params=cached))[0] == 200
+
+    apiserver.latency = Latency(cache_lag=3600.0)
+    apiserver.put(objects.allocated_claim(name="c2"))
+
+    assert (await call(http, "GET", f"{CLAIMS}/c2", params=cached))[0] == 404
+    assert (await call(http, "GET", f"{CLAIMS}/c2"))[0] == 200, "etcd has it"

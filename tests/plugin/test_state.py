@@ -28,7 +28,7 @@ from dra_driver.plugin.locking import Serializer
 from dra_driver.plugin.slice_cache import SliceCache
 from dra_driver.plugin.state import ClaimRef, State
 from tests.support import cdi_check, gvirtus, objects
-from tests.support.apiserver import APIServer, fixture_object
+from tests.support.apiserver import APIServer, Latency, fixture_object
 from tests.support.objects import Config, Device, Result, gvirtus_config
 
 
@@ -310,13 +310,33 @@ async def test_replaced_claim_is_refused(apiserver: APIServer, node: Node) -> No
 async def test_api_failures_become_claim_errors(apiserver: APIServer, node: Node) -> None:
     claim = objects.allocated_claim(name="c1")
     seed(apiserver, claim)
-    apiserver.fail_next("GET", "/resourceclaims/c1", code=503, message="etcd is sad")
+    # Both reads fail: the one from the watch cache, and the one from etcd after it.
+    apiserver.fail_next("GET", "/resourceclaims/c1", code=503, message="etcd is sad", times=2)
 
     result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
 
     assert "reading it from the API server failed: etcd is sad" in result.error
     retry = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
     assert retry.error == ""
+
+
+@pytest.mark.parametrize(
+    ("cache_lag", "reads"),
+    [(0.0, [{"resourceVersion": "0"}]), (3600.0, [{"resourceVersion": "0"}, {}])],
+    ids=["cache-holds-the-claim", "cache-behind"],
+)
+async def test_the_claim_is_read_from_the_watch_cache_and_from_etcd_only_when_that_is_behind(
+    apiserver: APIServer, node: Node, cache_lag: float, reads: list[dict[str, str]]
+) -> None:
+    apiserver.latency = Latency(cache_lag=cache_lag)
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert result.error == ""
+    claim_reads = [r.query for r in apiserver.requests if r.path.endswith("/resourceclaims/c1")]
+    assert claim_reads == reads
 
 
 async def test_claim_config_wins_over_class_config_field_by_field(

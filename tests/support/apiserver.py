@@ -742,6 +742,8 @@ class Store:
             collections.deque(maxlen=history)
         )
         self.watchers: list[_Watcher] = []
+        self.committed_at: dict[int, float] = {}
+        """When each history entry was committed (``time.monotonic``)."""
 
     def _next_rv(self) -> str:
         self.rv += 1
@@ -767,7 +769,10 @@ class Store:
                 self.objects[key] = new
                 record = (self.rv, kind.plural, old, new, None)
                 result = new
+            if self.history.maxlen and len(self.history) == self.history.maxlen:
+                self.committed_at.pop(self.history[0][0], None)
             self.history.append(record)
+            self.committed_at[self.rv] = time.monotonic()
             for watcher in self.watchers:
                 if watcher.kind.plural == kind.plural:
                     watcher.offer(old, new, record[4])
@@ -827,7 +832,10 @@ class Latency:
 
     * ``write``: each write holds the one raft loop for this long (writes queue);
     * ``read``: each read costs this long, after waiting for the raft loop to be free
-      (reads run side by side).
+      (reads run side by side); a read with ``resourceVersion=0`` is served by the
+      watch cache and does not wait;
+    * ``cache_lag``: the watch cache shows each object as it was this long ago (a
+      GET with ``resourceVersion=0`` of an object created since is a 404).
 
     Watches are not delayed (the watch cache serves them). Which numbers to use, and
     why, is in ``docs/benchmarks.md``.
@@ -835,6 +843,7 @@ class Latency:
 
     read: float = 0.0
     write: float = 0.0
+    cache_lag: float = 0.0
 
     def __bool__(self) -> bool:
         return bool(self.read or self.write)
@@ -1087,6 +1096,20 @@ class APIServer:
             found = self.store.objects.get(self._key(kind, namespace, name))
             return copy.deepcopy(found) if found else None
 
+    def cached(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+        """The object as the watch cache shows it: as it was ``latency.cache_lag`` ago."""
+        if not self.latency.cache_lag:
+            return self.get(kind.plural, name, namespace)
+        horizon = time.monotonic() - self.latency.cache_lag
+        with self.store.lock:
+            for rv, plural, _, new, deleted in reversed(self.store.history):
+                if plural != kind.plural or self.store.committed_at.get(rv, 0.0) > horizon:
+                    continue
+                meta = _meta(new or deleted or {})
+                if meta.get("name") == name and meta.get("namespace") == namespace:
+                    return copy.deepcopy(new) if new is not None else None
+            return None
+
     def versions(self, plural: str, name: str, namespace: str | None = None) -> list[Obj]:
         """Every version of one object still in the history, oldest first."""
         with self.store.lock:
@@ -1253,6 +1276,11 @@ class APIServer:
                 headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)}
                 return web.json_response(created, status=201, headers=headers if warnings else None)
         else:
+            if method == "GET" and query.get("resourceVersion") == "0":
+                found = self.cached(kind, namespace, name)
+                if found is None:
+                    raise _not_found(kind, name)
+                return web.json_response(found)
             if method == "GET":
                 return web.json_response(self._get(kind, namespace, name))
             if method == "PUT":
