@@ -1,8 +1,11 @@
 """What prepare needs of a ResourceClaim, read from the API server's JSON.
 
 The claim is read as plain JSON and only these fields are kept: its uid, this and
-other drivers' allocation results (request, pool, device, share ID, tolerations) and
-the opaque configuration the scheduler copied into the allocation. Building the
+other drivers' allocation results (request, pool, device, share ID, tolerations),
+the opaque configuration the scheduler copied into the allocation, and the backend
+the controller recorded for each device in ``status.devices`` (prepare refuses a
+slice that disagrees with it: slices can be forged by more identities than claim
+status can be written by). Building the
 client library's typed model of the whole claim would cost more than the rest of a
 prepare, for fields prepare never reads.
 """
@@ -47,6 +50,21 @@ class Allocation:
     configs: tuple[ConfigEntry, ...]
 
 
+@dataclass(frozen=True)
+class RecordedBackend:
+    """The backend a ``status.devices`` entry names (``data.backendAddress``/``backendPort``)."""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+DeviceKey = tuple[str, str, str]
+"""``(pool, device, shareID or "")``: how ``status.devices`` entries are keyed per driver."""
+
+
 def uid_of(claim: Obj) -> str:
     """The claim's uid."""
     return str((claim.get("metadata") or {}).get("uid", ""))
@@ -79,3 +97,23 @@ def allocation_of(claim: Obj) -> Allocation | None:
         if isinstance(c.get("opaque"), dict)
     )
     return Allocation(results=results, configs=configs)
+
+
+def recorded_backends(claim: Obj, *, driver: str) -> dict[DeviceKey, RecordedBackend]:
+    """The backends ``driver``'s entries of ``status.devices`` name, by device.
+
+    Entries without both fields, or with values of the wrong type, name nothing.
+    """
+    found: dict[DeviceKey, RecordedBackend] = {}
+    for entry in (claim.get("status") or {}).get("devices") or []:
+        if not isinstance(entry, dict) or entry.get("driver") != driver:
+            continue
+        data = entry.get("data")
+        if not isinstance(data, dict):
+            continue
+        address, port = data.get("backendAddress"), data.get("backendPort")
+        if not isinstance(address, str) or not isinstance(port, int) or isinstance(port, bool):
+            continue
+        pool, device = str(entry.get("pool", "")), str(entry.get("device", ""))
+        found[(pool, device, str(entry.get("shareID") or ""))] = RecordedBackend(address, port)
+    return found

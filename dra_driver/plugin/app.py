@@ -127,6 +127,7 @@ async def _connect(
     """Connect the API client, hand it to the state, start the slice watch (returned)."""
     kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component=COMPONENT)
     stack.push_async_callback(kube.close)
+    await kube.preload(RESOURCE_SLICES)  # the watch's API class, off the event loop
     state.connect(kube)
     watch = asyncio.create_task(
         list_watch(
@@ -167,7 +168,7 @@ async def _serve_http(
         ready={
             "sockets": probe.check,
             "startup": _async(state.readiness.problem),
-            "checkpoint": _async(state.checkpoint_problem),
+            "checkpoint": state.checkpoint_problem,
             "slices": _async(lambda: None if slices.synced.is_set() else "slice cache not synced"),
         },
     )

@@ -6,7 +6,8 @@ the worst moment, so the recovery path can be checked for every window.
 
 ``GVIRTUS_DRA_PAUSE_AT=<point>=<file>`` holds the plugin at a pause point until
 ``<file>`` exists, so a test can send calls into a window of start-up that is
-otherwise a fraction of a second long, and know they arrived there.
+otherwise a fraction of a second long, and know they arrived there. Hold points are
+the same for work in a worker thread: the thread waits, the event loop does not.
 
 Without the variables (always, in production) these points do nothing.
 """
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,10 @@ POINTS = (
     "unprepare:checkpointed",  # claim dropped from the checkpoint, files not yet removed
 )
 
-PAUSE_POINTS = ("startup:api-client",)  # sockets serve, state recovered, no API client yet
+PAUSE_POINTS = (
+    "startup:api-client",  # sockets serve, state recovered, no API client yet
+    "prepare:writing",  # worker thread: a prepare's first claim written, the rest not yet
+)
 
 _armed = os.environ.get(ENV, "")
 _paused, _, _release = os.environ.get(PAUSE_ENV, "").partition("=")
@@ -48,3 +53,12 @@ async def pause_point(name: str) -> None:
     log.info("paused at %s until %s exists", name, _release)
     while not os.path.exists(_release):  # noqa: ASYNC240 (a test hook; one stat)
         await asyncio.sleep(0.01)
+
+
+def hold_point(name: str) -> None:
+    """Block this worker thread here while the test holds ``name`` (see :func:`pause_point`)."""
+    if _paused != name or not _release or os.path.exists(_release):
+        return
+    log.info("paused at %s until %s exists", name, _release)
+    while not os.path.exists(_release):
+        time.sleep(0.01)

@@ -93,14 +93,14 @@ class HealthReporter:
         self.slices = slices
         self.interval = interval
 
-    def reports(self) -> list[DeviceReport]:
+    async def reports(self) -> list[DeviceReport]:
         """The complete list, each device once; also sets the gauge."""
         now = int(time.time())
         timeout = int(self.interval * 3) + 1
         seen: set[tuple[str, str]] = set()
         counts = dict.fromkeys(("healthy", "unhealthy", "unknown"), 0)
         found = []
-        for prepared in self.state.prepared_devices():
+        for prepared in await self.state.prepared_devices():
             key = (prepared.pool, prepared.device)
             if key in seen:  # shared devices appear once per claim; report each once
                 continue
@@ -124,7 +124,7 @@ class HealthReporter:
     async def stream(self) -> AsyncIterator[list[DeviceReport]]:
         """The full list now, on every change of the slices, and every ``interval``."""
         while True:
-            yield self.reports()
+            yield await self.reports()
             await self.slices.changes.wait(self.interval)
 
 

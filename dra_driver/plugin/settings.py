@@ -108,6 +108,12 @@ class PluginSettings(Settings):
         return self.data_dir / "claims"
 
     @property
-    def lock_file(self) -> pathlib.Path | None:
-        """The cross-process lock; only needed when two plugin pods can overlap."""
-        return self.data_dir / "serialize.lock" if self.pod_uid else None
+    def lock_file(self) -> pathlib.Path:
+        """The cross-process lock, always taken.
+
+        Two plugin pods overlap during a rolling update (``--pod-uid``), but a process
+        can also outlive its successor's start by a moment (a slow SIGTERM, a kill the
+        runtime has not reaped); an uncontended ``flock`` costs microseconds, so the
+        on-disk state is never left to the hope that only one process runs.
+        """
+        return self.data_dir / "serialize.lock"

@@ -7,6 +7,14 @@ membership here. Only slices of a pool's newest generation count, as for the
 scheduler. A miss (the cache not synced yet, or a pool published a moment ago) falls
 back to one direct list, shared by concurrent callers. Devices that left their pool
 are remembered as last published, so a refusal can still name their backend.
+
+Only slices shaped like the controller's count: the controller publishes every pool
+with ``spec.nodeSelector``. A slice of this driver with ``spec.nodeName`` or
+``spec.allNodes`` is ignored (and logged): a node's own kubelet credentials may create
+a slice of any driver as long as ``nodeName`` is that node, and one with a real
+pool's name and a higher generation would otherwise redirect pods to another
+``backendAddress``. The admission policy that lets only the controller write these
+slices is the real guard; this is defence in depth.
 """
 
 from __future__ import annotations
@@ -36,6 +44,10 @@ MISSES = Counter(
     ["outcome"],
 )
 DEVICES = Gauge("gvirtus_dra_slice_cache_devices", "Devices of this driver in the slice cache.")
+FOREIGN = Counter(
+    "gvirtus_dra_slices_ignored_total",
+    "Slices of this driver ignored because the controller never publishes their shape.",
+)
 
 READ_THROUGH_TTL = 1.0
 """Seconds a direct read of the slices answers further cache misses."""
@@ -122,7 +134,9 @@ class SliceCache:
 
     async def on_relist(self, items: list[Obj]) -> None:
         """Replace the cache with a fresh list."""
-        self._slices = {s["metadata"]["name"]: self._parse(s) for s in items if self._ours(s)}
+        self._slices = {
+            s["metadata"]["name"]: self._parse(s) for s in items if self._ours(s, report=True)
+        }
         before, self._pools = self._pools, _index(self._slices.values())
         self._note_departures(before, set(before) | set(self._pools))
         self._changed()
@@ -133,7 +147,7 @@ class SliceCache:
         item = event.obj
         name = item["metadata"]["name"]
         before = self._slices.get(name)
-        if event.type == "DELETED" or not self._ours(item):
+        if event.type == "DELETED" or not self._ours(item, report=True):
             self._slices.pop(name, None)
         else:
             self._slices[name] = self._parse(item)
@@ -159,8 +173,26 @@ class SliceCache:
             for name in now:
                 self._departed.pop((pool, name), None)
 
-    def _ours(self, item: Obj) -> bool:
-        return bool((item.get("spec") or {}).get("driver") == self.driver)
+    def _ours(self, item: Obj, *, report: bool = False) -> bool:
+        """Whether ``item`` is a slice of this driver shaped as the controller writes them."""
+        spec = item.get("spec") or {}
+        if spec.get("driver") != self.driver:
+            return False
+        placement = foreign_placement(spec)
+        if placement is None:
+            return True
+        if report:
+            FOREIGN.inc()
+            log.warning(
+                "ignoring ResourceSlice %s of driver %s: %s; the controller publishes "
+                "only nodeSelector pools, so this slice was made by someone else "
+                "(a node's credentials can create such slices); delete it and check "
+                "who may write ResourceSlices",
+                (item.get("metadata") or {}).get("name"),
+                self.driver,
+                placement,
+            )
+        return False
 
     def _changed(self) -> None:
         DEVICES.set(sum(len(d) for d in self._pools.values()))
@@ -246,6 +278,19 @@ class SliceCache:
             raise kube_errors.TransportError("the API client is not connected yet")
         listed = await self.kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
         return _index(self._parse(s) for s in listed.get("items") or [] if self._ours(s))
+
+
+def foreign_placement(spec: Obj) -> str | None:
+    """Why a slice's placement is not the controller's, or None when it is.
+
+    The controller writes ``nodeSelector`` pools only; ``nodeName`` (what a node's own
+    credentials can create) and ``allNodes`` are someone else's.
+    """
+    if spec.get("nodeName"):
+        return f"spec.nodeName is {str(spec['nodeName'])[:253]!r}"
+    if spec.get("allNodes"):
+        return "spec.allNodes is true"
+    return None
 
 
 def _index(slices: Any) -> dict[str, dict[str, DeviceInfo]]:

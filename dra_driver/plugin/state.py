@@ -19,7 +19,18 @@ Invariants, kept under the serialization lock:
 * every claim gets an answer: failures are per claim and name the claim and cause;
 * no call touches the disk before :meth:`State.recover` finished, and a call that
   arrives during start-up waits for what it needs (see :mod:`.readiness`): recovery
-  for every call, the API client only for claims the checkpoint does not answer.
+  for every call, the API client only for claims the checkpoint does not answer;
+* a claim UID becomes a path only once it is a real UID, and every path stays under
+  its root (:mod:`.paths`);
+* file work never runs on the event loop: it runs in a worker thread while the
+  serialization lock is held (:meth:`Serializer.run`), so the health stream and other
+  calls are answered meanwhile. The checkpoint in memory is replaced, never changed
+  in place, so the event loop can read it while a worker writes the next one.
+
+What is durable before the kubelet gets an answer: the checkpoint only (one flush of
+its journal, see :mod:`.checkpoint`). ``properties.json`` files and CDI specs are written
+atomically but not flushed: after a power cut, recovery rewrites any that are
+missing or damaged from the checkpoint, and the CDI directory is a tmpfs anyway.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
-import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,8 +50,16 @@ from dra_driver import files, gvirtus
 from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.resources import RESOURCE_CLAIMS
 from dra_driver.models import ConfigValidationError, GVirtuSConfig, merge_configs, parse_config
-from dra_driver.plugin import cdi, taints
-from dra_driver.plugin.allocation import ConfigEntry, Result, allocation_of, uid_of
+from dra_driver.plugin import cdi, paths, taints
+from dra_driver.plugin.allocation import (
+    ConfigEntry,
+    DeviceKey,
+    RecordedBackend,
+    Result,
+    allocation_of,
+    recorded_backends,
+    uid_of,
+)
 from dra_driver.plugin.checkpoint import (
     CheckpointData,
     CheckpointError,
@@ -48,7 +67,7 @@ from dra_driver.plugin.checkpoint import (
     PreparedClaim,
     PreparedDevice,
 )
-from dra_driver.plugin.faults import crash_point
+from dra_driver.plugin.faults import crash_point, hold_point
 from dra_driver.plugin.locking import Serializer
 from dra_driver.plugin.readiness import READY_WAIT, NotReadyError, Part, Readiness
 from dra_driver.plugin.slice_cache import DeviceInfo, SliceCache
@@ -75,7 +94,8 @@ class ClaimRef:
     name: str
 
     def __str__(self) -> str:
-        return f"ResourceClaim {self.namespace}/{self.name} (uid {self.uid})"
+        uid = self.uid if paths.is_uid(self.uid) else paths.shown(self.uid)
+        return f"ResourceClaim {self.namespace[:63]}/{self.name[:253]} (uid {uid})"
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,10 @@ class State:
         self.readiness = Readiness()
         self._kube: KubeClient | None = None
         self._data: CheckpointData | None = None
+        """The checkpoint as last read or written; replaced whole, never changed in place."""
+        self._problem: str | None = None
+        self._disk = threading.Lock()
+        """Held by whichever worker thread reads or writes the checkpoint file."""
         self._unprepared_at: dict[str, float] = {}
         if kube is not None:
             self.connect(kube)
@@ -153,41 +177,61 @@ class State:
 
     # -- the checkpoint in memory ---------------------------------------------------
 
-    def _current(self) -> CheckpointData:
-        """The checkpoint, re-read when another process replaced it.
+    def _load(self) -> CheckpointData:
+        """The checkpoint, re-read when another process replaced it (blocking; worker thread).
 
         Raises:
             CheckpointError: the file cannot be used.
         """
-        if self._data is None or self.checkpoint.changed():
-            self._data = None
-            self._data = self.checkpoint.read()
-            PREPARED_CLAIMS.set(len(self._data.claims))
-        return self._data
+        data = self._data
+        if data is None or self.checkpoint.changed():
+            try:
+                data = self.checkpoint.read()
+            except CheckpointError as exc:
+                self._data, self._problem = None, str(exc)
+                raise
+            self._publish(data)
+        return data
 
     def _save(self, data: CheckpointData) -> None:
-        try:
-            self.checkpoint.write(data)
-        except BaseException:
-            self._data = None  # memory ran ahead of the disk; re-read next time
-            raise
+        """Write ``data`` durably, then make it the checkpoint in memory (worker thread)."""
+        self.checkpoint.write(data)
+        self._publish(data)
+
+    def _record(self, data: CheckpointData, changes: dict[str, PreparedClaim | None]) -> None:
+        """Make ``data`` durable by recording ``changes``, then publish it (worker thread)."""
+        self.checkpoint.record(data, changes)
+        self._publish(data)
+
+    def _publish(self, data: CheckpointData) -> None:
+        self._data, self._problem = data, None
         PREPARED_CLAIMS.set(len(data.claims))
 
-    def prepared_devices(self) -> list[PreparedDevice]:
-        """Every device prepared on the node (by this process or a sibling)."""
+    def _refresh(self) -> None:
+        """Re-read a checkpoint another process replaced, unless a writer is busy."""
+        if not self._disk.acquire(blocking=False):
+            return  # a prepare or unprepare is writing it; what memory holds will do
         try:
-            data = self._current()
+            self._load()
         except CheckpointError:
-            data = self._data or CheckpointData(driver=self.driver)
-        return [d for claim in data.claims.values() for d in claim.devices]
+            pass
+        finally:
+            self._disk.release()
 
-    def checkpoint_problem(self) -> str | None:
+    async def prepared_devices(self) -> list[PreparedDevice]:
+        """Every device prepared on the node (by this process or a sibling).
+
+        Never waits for a prepare or unprepare in progress: it answers from memory
+        then, so the health stream keeps flowing during a long write.
+        """
+        await asyncio.to_thread(self._refresh)
+        data = self._data
+        return [d for claim in data.claims.values() for d in claim.devices] if data else []
+
+    async def checkpoint_problem(self) -> str | None:
         """Why the checkpoint is unusable, or None when it is fine."""
-        try:
-            self._current()
-        except CheckpointError as exc:
-            return str(exc)
-        return None
+        await asyncio.to_thread(self._refresh)
+        return self._problem
 
     # -- prepare ----------------------------------------------------------------------
 
@@ -206,16 +250,13 @@ class State:
             await self._until_ready((Part.RECOVERED,), deadline=deadline)
         except NotReadyError as exc:
             return {r.uid: PrepareResult(error=f"{r}: {exc}") for r in refs}
+        refs, invalid = _valid(refs)
         known = self._known_uids()
         plans = await self._plans([r for r in refs if r.uid not in known], deadline=deadline)
-        async with self.serializer.hold():
-            try:
-                data = self._current()
-            except CheckpointError as exc:
-                return {r.uid: PrepareResult(error=f"{r}: {exc}") for r in refs}
-            return self._commit(
-                refs=refs, plans=plans, data=data, started=started, deadline=deadline
-            )
+        results = await self.serializer.run(
+            lambda: self._commit(refs=refs, plans=plans, started=started, deadline=deadline)
+        )
+        return {**{uid: PrepareResult(error=e) for uid, e in invalid.items()}, **results}
 
     async def _plans(
         self, refs: list[ClaimRef], *, deadline: float
@@ -231,63 +272,79 @@ class State:
         return dict(zip([r.uid for r in refs], plans, strict=True))
 
     def _known_uids(self) -> set[str]:
-        try:
-            return set(self._current().claims)
-        except CheckpointError:
-            return set()
+        """Claims the checkpoint in memory lists (a hint: the commit re-checks on disk)."""
+        data = self._data
+        return set(data.claims) if data is not None else set()
 
     def _commit(
         self,
         *,
         refs: list[ClaimRef],
         plans: dict[str, PreparedClaim | ClaimError],
-        data: CheckpointData,
         started: float,
         deadline: float,
     ) -> dict[str, PrepareResult]:
-        results: dict[str, PrepareResult] = {}
-        added: list[ClaimRef] = []
-        for ref in refs:
+        """Write the claims' files, then record them durably (worker thread, lock held)."""
+        with self._disk:
             try:
-                entry = self._entry_for(
-                    ref=ref, plan=plans.get(ref.uid), data=data, started=started, deadline=deadline
-                )
-                self._write_files(ref.uid, entry)
-            except ClaimError as exc:
-                results[ref.uid] = PrepareResult(error=str(exc))
-                continue
-            except OSError as exc:
-                results[ref.uid] = PrepareResult(error=f"{ref}: writing its files failed: {exc}")
-                if ref.uid not in data.claims:  # a recorded claim keeps what it has
-                    self._remove_files(ref.uid, quiet=True)
-                continue
-            if ref.uid not in data.claims:
-                data.claims[ref.uid] = entry
-                added.append(ref)
-            results[ref.uid] = PrepareResult(devices=tuple(entry.devices))
-        if added:
-            crash_point("prepare:files-written")
-            try:
-                self._save(data)
-            except OSError as exc:
-                for ref in added:
-                    self._remove_files(ref.uid, quiet=True)
-                    results[ref.uid] = PrepareResult(
-                        error=f"{ref}: recording it in the checkpoint failed: {exc}"
+                data = self._load()
+            except CheckpointError as exc:
+                return {r.uid: PrepareResult(error=f"{r}: {exc}") for r in refs}
+            claims = dict(data.claims)
+            results: dict[str, PrepareResult] = {}
+            added: list[ClaimRef] = []
+            for ref in refs:
+                try:
+                    entry = self._entry_for(
+                        ref=ref,
+                        plan=plans.get(ref.uid),
+                        claims=claims,
+                        started=started,
+                        deadline=deadline,
                     )
-            crash_point("prepare:checkpointed")
-        return results
+                    self._write_files(ref.uid, entry)
+                except ClaimError as exc:
+                    results[ref.uid] = PrepareResult(error=str(exc))
+                    continue
+                except (OSError, paths.PathError) as exc:
+                    results[ref.uid] = PrepareResult(
+                        error=f"{ref}: writing its files failed: {exc}"
+                    )
+                    if ref.uid not in claims:  # a recorded claim keeps what it has
+                        self._remove_files(ref.uid, quiet=True)
+                    continue
+                if ref.uid not in claims:
+                    claims[ref.uid] = entry
+                    added.append(ref)
+                results[ref.uid] = PrepareResult(devices=tuple(entry.devices))
+                if len(results) == 1:
+                    hold_point("prepare:writing")
+            if added:
+                crash_point("prepare:files-written")
+                try:
+                    self._record(
+                        data.model_copy(update={"claims": claims}),
+                        {ref.uid: claims[ref.uid] for ref in added},
+                    )
+                except OSError as exc:
+                    for ref in added:
+                        self._remove_files(ref.uid, quiet=True)
+                        results[ref.uid] = PrepareResult(
+                            error=f"{ref}: recording it in the checkpoint failed: {exc}"
+                        )
+                crash_point("prepare:checkpointed")
+            return results
 
     def _entry_for(
         self,
         *,
         ref: ClaimRef,
         plan: PreparedClaim | ClaimError | None,
-        data: CheckpointData,
+        claims: dict[str, PreparedClaim],
         started: float,
         deadline: float,
     ) -> PreparedClaim:
-        entry = data.claims.get(ref.uid)
+        entry = claims.get(ref.uid)
         if entry is not None:
             return entry
         if isinstance(plan, ClaimError):
@@ -316,7 +373,8 @@ class State:
                 raise ClaimError(f"{ref}: it is not allocated")
             results = [r for r in allocation.results if r.driver == self.driver]
             configs = self._configs(ref, allocation.configs)
-            devices = [await self._prepare_device(ref, r, configs) for r in results]
+            recorded = recorded_backends(claim, driver=self.driver)
+            devices = [await self._prepare_device(ref, r, configs, recorded) for r in results]
         except ClaimError as exc:
             return exc
         if not devices:
@@ -326,6 +384,25 @@ class State:
         )
 
     async def _read_claim(self, ref: ClaimRef) -> dict[str, Any]:
+        """The claim, read from the API server's cache when that copy will do.
+
+        The kubelet read the claim a moment ago and found it allocated and reserved
+        for the pod, so the watch cache almost always holds that version: reading it
+        there costs the server no etcd read and does not queue behind the writes
+        that land on the claim at this very moment (the controller's status, without
+        binding conditions). A cached copy that is missing, of another UID, or not
+        allocated is read again from etcd before anything is concluded.
+        """
+        try:
+            claim = await self.kube.get(
+                RESOURCE_CLAIMS, ref.name, namespace=ref.namespace, cached=True
+            )
+        except kube_errors.NotFoundError:
+            claim = {}
+        except kube_errors.KubeError:
+            claim = {}
+        if uid_of(claim) == ref.uid and allocation_of(claim) is not None:
+            return claim
         try:
             claim = await self.kube.get(RESOURCE_CLAIMS, ref.name, namespace=ref.namespace)
         except kube_errors.NotFoundError as exc:
@@ -361,7 +438,11 @@ class State:
         return parsed
 
     async def _prepare_device(
-        self, ref: ClaimRef, result: Result, configs: list[tuple[tuple[str, ...], GVirtuSConfig]]
+        self,
+        ref: ClaimRef,
+        result: Result,
+        configs: list[tuple[tuple[str, ...], GVirtuSConfig]],
+        recorded: dict[DeviceKey, RecordedBackend],
     ) -> PreparedDevice:
         where = f"{result.pool}/{result.device}"
         try:
@@ -385,6 +466,18 @@ class State:
             )
         except gvirtus.EndpointError as exc:
             raise ClaimError(f"{ref}: device {where}: {exc}") from exc
+        status = recorded.get((result.pool, result.device, result.share_id or ""))
+        if status is not None and (status.address, status.port) != (
+            str(endpoint.address),
+            endpoint.port,
+        ):
+            raise ClaimError(
+                f"{ref}: device {where}: its ResourceSlice names backend "
+                f"{endpoint.address}:{endpoint.port}, but the claim's status.devices (written "
+                f"by the controller) names backend {status}; refusing a device whose slice "
+                "disagrees with the claim (a forged ResourceSlice, or a backend that moved "
+                "a moment ago); the kubelet will retry"
+            )
         base_request = result.request.split("/")[0]
         applicable = [
             c
@@ -437,28 +530,35 @@ class State:
             await self._until_ready((Part.RECOVERED,), deadline=deadline)
         except NotReadyError as exc:
             return {r.uid: f"{r}: {exc}" for r in refs}
-        async with self.serializer.hold():
+        refs, invalid = _valid(refs)
+        outcome = await self.serializer.run(lambda: self._drop(refs))
+        return {**invalid, **outcome}
+
+    def _drop(self, refs: list[ClaimRef]) -> dict[str, str]:
+        """Drop the claims from the checkpoint, then remove their files (worker thread)."""
+        with self._disk:
             try:
-                data = self._current()
+                data = self._load()
             except CheckpointError as exc:
                 return {r.uid: f"{r}: {exc}" for r in refs}
             self._remember_unprepares(refs)
-            for ref in refs:
-                data.claims.pop(ref.uid, None)
-            try:
-                self._save(data)
-            except OSError as exc:
-                return {
-                    r.uid: f"{r}: recording the unprepare in the checkpoint failed: {exc}"
-                    for r in refs
-                }
+            dropped = {r.uid for r in refs} & set(data.claims)
+            if dropped:  # unknown claims leave nothing to record
+                claims = {uid: c for uid, c in data.claims.items() if uid not in dropped}
+                try:
+                    self._record(data.model_copy(update={"claims": claims}), dict.fromkeys(dropped))
+                except OSError as exc:
+                    return {
+                        r.uid: f"{r}: recording the unprepare in the checkpoint failed: {exc}"
+                        for r in refs
+                    }
             crash_point("unprepare:checkpointed")
             outcome = {}
             for ref in refs:
                 try:
                     self._remove_files(ref.uid)
                     outcome[ref.uid] = ""
-                except OSError as exc:
+                except (OSError, paths.PathError) as exc:
                     outcome[ref.uid] = f"{ref}: removing its files failed: {exc}"
             return outcome
 
@@ -470,6 +570,19 @@ class State:
         self._unprepared_at.update((ref.uid, now) for ref in refs)
 
     # -- files ------------------------------------------------------------------------
+
+    def _claim_dir(self, claim_uid: str) -> pathlib.Path:
+        """``<claims dir>/<uid>``, for a real UID and never outside the claims directory.
+
+        Raises:
+            PathError: the UID is not one, or the path leads elsewhere.
+        """
+        return paths.inside(self.claims_dir, self.claims_dir / paths.check_uid(claim_uid))
+
+    def _spec_path(self, claim_uid: str) -> pathlib.Path:
+        """The claim's CDI spec, for a real UID and never outside the CDI root."""
+        spec = cdi.spec_path(cdi_root=self.cdi_root, claim_uid=paths.check_uid(claim_uid))
+        return paths.inside(self.cdi_root, spec)
 
     def _properties_path(self, claim_uid: str, index: int, device: PreparedDevice) -> pathlib.Path:
         return self.claims_dir / claim_uid / f"{index}-{device.device}.json"
@@ -488,12 +601,18 @@ class State:
         return properties, cdi.render(devices) if devices else b""
 
     def _write_files(self, claim_uid: str, entry: PreparedClaim) -> None:
+        """Write the claim's files atomically, not durably: recovery rebuilds them.
+
+        Raises:
+            OSError: a write failed. PathError: a path would leave its root.
+        """
+        folder = self._claim_dir(claim_uid)
         properties, spec = self._render(claim_uid, entry)
-        (self.claims_dir / claim_uid).mkdir(mode=0o755, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o755, exist_ok=True)
         for path, content in properties.items():
-            files.atomic_write(path, content)
+            files.atomic_write(paths.inside(self.claims_dir, path), content)
         if spec:
-            cdi.write_spec(cdi_root=self.cdi_root, claim_uid=claim_uid, content=spec)
+            files.atomic_write(self._spec_path(claim_uid), spec)
 
     def _remove_files(self, claim_uid: str, *, quiet: bool = False) -> None:
         """Remove the claim's CDI spec and its directory; both are tried either way.
@@ -501,20 +620,11 @@ class State:
         Raises:
             OSError: the first removal that failed (unless ``quiet``, which logs it).
         """
-        failures: list[OSError] = []
-        targets = (
-            cdi.spec_path(cdi_root=self.cdi_root, claim_uid=claim_uid),
-            self.claims_dir / claim_uid,
-        )
-        for target in targets:
+        failures: list[OSError | paths.PathError] = []
+        for target in (self._spec_path, self._claim_dir):
             try:
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
+                paths.remove(target(claim_uid))
+            except (OSError, paths.PathError) as exc:
                 failures.append(exc)
         if failures and not quiet:
             raise failures[0]
@@ -536,37 +646,35 @@ class State:
         nothing is touched. The file work runs in a worker thread: the sockets already
         serve while it runs. Prepare and unprepare wait for it to finish.
         """
+        try:
+            outcome = await self.serializer.run(self._repair)
+        except CheckpointError as exc:
+            log.error("checkpoint unusable; prepare and unprepare fail until it is fixed: %s", exc)
+        else:
+            log.info("recovered state", extra=outcome)
+        self.readiness.mark(Part.RECOVERED)
+
+    def _repair(self) -> dict[str, int]:
+        """Remove debris and rewrite stale files; count both (worker thread, lock held).
+
+        Raises:
+            CheckpointError: the checkpoint cannot be used; nothing was touched.
+        """
         self.claims_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.cdi_root.mkdir(mode=0o755, parents=True, exist_ok=True)
-        async with self.serializer.hold():
-            try:
-                data = self._current()
-            except CheckpointError as exc:
-                log.error(
-                    "checkpoint unusable; prepare and unprepare fail until it is fixed: %s", exc
-                )
-                self.readiness.mark(Part.RECOVERED)
-                return
-            removed, rebuilt = await asyncio.to_thread(self._repair, data)
+        with self._disk:
+            data = self._load()
+            removed = self._sweep(set(data.claims))
+            rebuilt = sum(self._restore(uid, entry) for uid, entry in data.claims.items())
             if not self.checkpoint.path.exists():
                 self._save(data)
-        self.readiness.mark(Part.RECOVERED)
-        log.info(
-            "recovered state",
-            extra={"claims": len(data.claims), "debris_removed": removed, "files_rebuilt": rebuilt},
-        )
-
-    def _repair(self, data: CheckpointData) -> tuple[int, int]:
-        """Remove debris and rewrite stale files; count both (blocking file work)."""
-        removed = self._sweep(set(data.claims))
-        rebuilt = sum(self._restore(uid, entry) for uid, entry in data.claims.items())
-        return removed, rebuilt
+        return {"claims": len(data.claims), "debris_removed": removed, "files_rebuilt": rebuilt}
 
     def _sweep(self, known: set[str]) -> int:
         """Remove what no checkpointed claim accounts for; count the removals."""
         debris: list[pathlib.Path] = []
         for path in self.claims_dir.iterdir():
-            if path.name not in known:
+            if path.name not in known or path.is_symlink():  # a link is never ours
                 debris.append(path)
             elif path.is_dir():
                 debris += [p for p in path.iterdir() if files.is_temp(p)]
@@ -579,10 +687,7 @@ class State:
         checkpoint_temp = f".{self.checkpoint.path.name}{files.TEMP_MARK}"
         debris += list(self.checkpoint.path.parent.glob(f"{checkpoint_temp}*"))
         for path in debris:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            paths.remove(path)
         return len(debris)
 
     def _restore(self, claim_uid: str, entry: PreparedClaim) -> int:
@@ -590,11 +695,27 @@ class State:
         properties, spec = self._render(claim_uid, entry)
         wanted = dict(properties)
         if spec:
-            wanted[cdi.spec_path(cdi_root=self.cdi_root, claim_uid=claim_uid)] = spec
+            wanted[self._spec_path(claim_uid)] = spec
         stale = [p for p, content in wanted.items() if _read(p) != content]
         if stale:
             self._write_files(claim_uid, entry)
         return len(stale)
+
+
+def _valid(refs: list[ClaimRef]) -> tuple[list[ClaimRef], dict[str, str]]:
+    """The claims with real UIDs, and a per-claim error for the others."""
+    valid, invalid = [], {}
+    for ref in refs:
+        try:
+            paths.check_uid(ref.uid)
+        except paths.PathError as exc:
+            invalid[ref.uid] = (
+                f"{ref}: {exc}; the kubelet must send the claim's metadata.uid; "
+                "refusing to use it as a file name, nothing was touched"
+            )
+        else:
+            valid.append(ref)
+    return valid, invalid
 
 
 def _backend(info: DeviceInfo) -> str:

@@ -13,12 +13,14 @@ import json
 import pathlib
 import ssl
 import tempfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support.apiserver import APIServer, fixture, fixture_object
+from tests.support import objects
+from tests.support.apiserver import APIServer, Latency, fixture, fixture_object
 
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 CLAIMS = "/apis/resource.k8s.io/v1/namespaces/gvirtus-demo/resourceclaims"
@@ -489,3 +491,64 @@ def test_a_server_without_a_tls_folder_leaves_no_private_key_behind() -> None:
         server.stop()
 
     assert during == before
+
+
+@pytest.fixture
+async def slow_storage(short_tmp: Any) -> AsyncIterator[tuple[APIServer, aiohttp.ClientSession]]:
+    """A server whose storage takes long enough that ordering shows, never timing."""
+    server = APIServer(
+        tls_dir=short_tmp / "slow-tls", latency=Latency(read=0.001, write=30.0)
+    ).start()
+    context = ssl.create_default_context(cadata=server.ca_pem.decode())
+    async with aiohttp.ClientSession(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {server.token}"},
+        connector=aiohttp.TCPConnector(ssl=context, limit=0),
+    ) as session:
+        yield server, session
+    await asyncio.sleep(0.05)
+    server.stop()  # drops what it still holds
+
+
+async def test_a_linearizable_read_waits_for_the_write_being_persisted(
+    slow_storage: tuple[APIServer, aiohttp.ClientSession],
+) -> None:
+    server, http = slow_storage
+    server.put(objects.allocated_claim(name="c1"))
+    writing = asyncio.create_task(
+        call(
+            http,
+            "PATCH",
+            f"{CLAIMS}/c1",
+            json={"metadata": {"labels": {"a": "b"}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+    )
+    while not server.requests:  # recorded, it holds the storage loop in the same step
+        await asyncio.sleep(0.01)
+    linearizable = asyncio.create_task(call(http, "GET", f"{CLAIMS}/c1"))
+    while len(server.requests) < 2:
+        await asyncio.sleep(0.01)
+
+    cached = await call(http, "GET", f"{CLAIMS}/c1", params={"resourceVersion": "0"})
+
+    assert cached[0] == 200, "a read from the cache does not wait for the storage"
+    assert not writing.done(), "the write is still being persisted"
+    assert not linearizable.done(), "the quorum read waits for it"
+    for task in (writing, linearizable):
+        task.cancel()
+    await asyncio.gather(writing, linearizable, return_exceptions=True)
+
+
+async def test_the_watch_cache_shows_objects_as_they_were_a_lag_ago(
+    apiserver: APIServer, http: aiohttp.ClientSession
+) -> None:
+    apiserver.put(objects.allocated_claim(name="c1"))
+    cached = {"resourceVersion": "0"}
+    assert (await call(http, "GET", f"{CLAIMS}/c1", params=cached))[0] == 200
+
+    apiserver.latency = Latency(cache_lag=3600.0)
+    apiserver.put(objects.allocated_claim(name="c2"))
+
+    assert (await call(http, "GET", f"{CLAIMS}/c2", params=cached))[0] == 404
+    assert (await call(http, "GET", f"{CLAIMS}/c2"))[0] == 200, "etcd has it"

@@ -28,6 +28,7 @@ from dra_driver.kubeletapi.dra_health.v1alpha1 import api_pb2 as health_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2 as reg_pb
 from dra_driver.kubeletapi.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from dra_driver.models import parse_config
+from dra_driver.plugin.checkpoint import CheckpointFile
 from dra_driver.plugin.faults import POINTS
 from tests.support import cdi_check, components, gvirtus, kubelet, manifests, objects
 from tests.support.apiserver import APIServer
@@ -75,16 +76,20 @@ async def register(process: PluginProcess, *, kubelet_version: str = "1.37") -> 
     )
 
 
-async def recovered(process: PluginProcess, timeout: float = 30) -> None:
-    """Wait until a started plugin has repaired its state (its sockets serve before that)."""
-    async with asyncio.timeout(timeout):
-        while "recovered state" not in process.logs():
-            await asyncio.sleep(0.02)
+async def recovered(plugin: Plugin) -> None:
+    """Return once the plugin's start-up recovery finished (every unprepare waits for it).
+
+    The sockets serve before the recovery: checking the disk right after registering
+    would race with it.
+    """
+    nobody = Claim(namespace="gvirtus-demo", uid=str(uuid.uuid4()), name="nobody")
+    assert await plugin.unprepare([nobody]) == {nobody.uid: ""}
 
 
 def invariants(dirs: PluginDirs) -> dict[str, Any]:
     """Disk and checkpoint agree: what a restarted node must always find."""
-    recorded = json.loads((dirs.data_dir / "checkpoint.json").read_text())["claims"]
+    checkpoint = CheckpointFile(path=dirs.data_dir / "checkpoint.json", driver="gpu.gvirtus.io")
+    recorded = checkpoint.read().model_dump(by_alias=True)["claims"]
     claim_dirs = {p.name for p in (dirs.data_dir / "claims").iterdir()}
     specs = {
         p.name.removeprefix("gvirtus.io-gpu_").removesuffix(".json") for p in dirs.cdi.iterdir()
@@ -404,6 +409,7 @@ async def test_crash_at_any_point_leaves_a_consistent_node(
     await plugin.close()
 
     plugin = await register(await start())
+    await recovered(plugin)
     recorded = invariants(node_dirs)
     assert list(recorded) == ([uid] if point == "prepare:checkpointed" else [])
     # The kubelet retries the call it saw fail; it succeeds and the node stays consistent.
@@ -456,11 +462,61 @@ async def test_random_kills_during_concurrent_prepares_never_leave_orphans(
         process.kill()
         await asyncio.gather(*calls, return_exceptions=True)
         await plugin.close()
-        restarted = await start()
-        plugin = await register(restarted)
-        await recovered(restarted)
+        checker = await start()
+        plugin = await register(checker)
+        await recovered(plugin)
         invariants(node_dirs)
         await plugin.close()
+        checker.terminate()  # one plugin at a time, as on a node without a rolling update
+
+
+async def test_the_health_stream_and_other_calls_are_answered_during_a_large_prepare(
+    apiserver: APIServer, start: Callable[..., Any], node_dirs: PluginDirs
+) -> None:
+    running = objects.allocated_claim(name="running", results=[Result("backend-node-a", "gpu-0")])
+    claims = [
+        objects.allocated_claim(name=f"c{i}", results=[Result("backend-node-a", f"gpu-{i % 2}")])
+        for i in range(200)
+    ]
+    for obj in (running, *claims):
+        apiserver.put(obj)
+    release = node_dirs.root / "release-writing"
+    process = await start(env={"GVIRTUS_DRA_PAUSE_AT": f"prepare:writing={release}"})
+    plugin = await register(process)
+    release.touch()  # the running pod's claim is prepared without a hold
+    assert (await plugin.prepare([claim_of(running)]))[running["metadata"]["uid"]].error == ""
+    release.unlink()
+    stream = plugin.watch_health()
+    key = ("backend-node-a", "gpu-0")
+    await next_health(stream, lambda r: health_of(r).get(key, ("",))[0] == "HEALTHY")
+
+    large = asyncio.create_task(plugin.prepare([claim_of(c) for c in claims]))
+    async with asyncio.timeout(60):
+        while "paused at prepare:writing" not in process.logs():
+            await asyncio.sleep(0.02)
+    # The worker thread writing the claims' files is held; the event loop is not: it
+    # follows a slice change to the health stream and answers another call.
+    apiserver.put(
+        objects.backend_slice(
+            pool="backend-node-a",
+            generation=2,
+            devices=[
+                Device("gpu-0", taints=(("gvirtus.io/unhealthy", "backend-down", "NoSchedule"),)),
+                Device("gpu-1", port=10000),
+            ],
+        )
+    )
+    await next_health(stream, lambda r: health_of(r).get(key, ("",))[0] == "UNHEALTHY")
+    assert await plugin.prepare([]) == {}
+    assert not large.done(), "the large prepare is still held in its worker thread"
+    release.touch()
+
+    results = await large
+    assert len(results) == len(claims)
+    assert {r.error for r in results.values()} == {""}, "prepared before gpu-0 turned unhealthy"
+    assert len(invariants(node_dirs)) == len(claims) + 1
+    await stream.aclose()
+    await plugin.close()
 
 
 async def test_concurrent_prepares_from_many_pods(

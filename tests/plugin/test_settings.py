@@ -30,11 +30,11 @@ def test_defaults_are_the_kubelets_paths() -> None:
     assert s.checkpoint_file == pathlib.Path(
         "/var/lib/kubelet/plugins/gpu.gvirtus.io/checkpoint.json"
     )
-    assert s.lock_file is None
+    assert s.lock_file == pathlib.Path("/var/lib/kubelet/plugins/gpu.gvirtus.io/serialize.lock")
     assert s.kubeconfig is None
 
 
-def test_pod_uid_gives_per_pod_sockets_and_the_file_lock() -> None:
+def test_pod_uid_gives_per_pod_sockets_sharing_the_file_lock() -> None:
     s = settings(
         ["--node-name", "w"], {"GVIRTUS_DRA_POD_UID": "9d1d7a2e-0000-0000-0000-000000000000"}
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
+import os
 import pathlib
 import shutil
 import uuid
@@ -28,7 +28,7 @@ from dra_driver.plugin.locking import Serializer
 from dra_driver.plugin.slice_cache import SliceCache
 from dra_driver.plugin.state import ClaimRef, State
 from tests.support import cdi_check, gvirtus, objects
-from tests.support.apiserver import APIServer, fixture_object
+from tests.support.apiserver import APIServer, Latency, fixture_object
 from tests.support.objects import Config, Device, Result, gvirtus_config
 
 
@@ -54,11 +54,14 @@ class Node:
         return cdi_check.validate(self.cdi / f"gvirtus.io-gpu_{uid}.json")
 
     def files(self) -> list[str]:
-        found = [p for p in self.root.rglob("*") if p.is_file() and p.name != "serialize.lock"]
+        own = {"serialize.lock", "checkpoint.json", "checkpoint.journal"}
+        found = [p for p in self.root.rglob("*") if p.is_file() and p.name not in own]
         return sorted(str(p.relative_to(self.root)) for p in found)
 
     def recorded(self) -> dict[str, Any]:
-        return json.loads(self.checkpoint.read_text())["claims"]
+        """The claims the checkpoint holds, as a restarted plugin reads them."""
+        data = CheckpointFile(path=self.checkpoint, driver="gpu.gvirtus.io").read()
+        return data.model_dump(by_alias=True)["claims"]
 
 
 def build_state(
@@ -307,13 +310,33 @@ async def test_replaced_claim_is_refused(apiserver: APIServer, node: Node) -> No
 async def test_api_failures_become_claim_errors(apiserver: APIServer, node: Node) -> None:
     claim = objects.allocated_claim(name="c1")
     seed(apiserver, claim)
-    apiserver.fail_next("GET", "/resourceclaims/c1", code=503, message="etcd is sad")
+    # Both reads fail: the one from the watch cache, and the one from etcd after it.
+    apiserver.fail_next("GET", "/resourceclaims/c1", code=503, message="etcd is sad", times=2)
 
     result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
 
     assert "reading it from the API server failed: etcd is sad" in result.error
     retry = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
     assert retry.error == ""
+
+
+@pytest.mark.parametrize(
+    ("cache_lag", "reads"),
+    [(0.0, [{"resourceVersion": "0"}]), (3600.0, [{"resourceVersion": "0"}, {}])],
+    ids=["cache-holds-the-claim", "cache-behind"],
+)
+async def test_the_claim_is_read_from_the_watch_cache_and_from_etcd_only_when_that_is_behind(
+    apiserver: APIServer, node: Node, cache_lag: float, reads: list[dict[str, str]]
+) -> None:
+    apiserver.latency = Latency(cache_lag=cache_lag)
+    claim = objects.allocated_claim(name="c1")
+    seed(apiserver, claim)
+
+    result = (await node.state.prepare([ref(claim)]))[claim["metadata"]["uid"]]
+
+    assert result.error == ""
+    claim_reads = [r.query for r in apiserver.requests if r.path.endswith("/resourceclaims/c1")]
+    assert claim_reads == reads
 
 
 async def test_claim_config_wins_over_class_config_field_by_field(
@@ -397,7 +420,7 @@ async def test_unprepare_removes_everything_and_unknown_claims_succeed(
 
     assert outcome == {claim["metadata"]["uid"]: "", unknown.uid: ""}
     assert node.recorded() == {}
-    assert node.files() == ["data/checkpoint.json"]
+    assert node.files() == [], "nothing but the checkpoint is left"
 
 
 async def test_prepare_overtaken_by_unprepare_does_not_resurrect_the_claim(
@@ -414,7 +437,7 @@ async def test_prepare_overtaken_by_unprepare_does_not_resurrect_the_claim(
 
     assert "unprepared while this prepare was in flight" in result.error
     assert node.recorded() == {}
-    assert node.files() == ["data/checkpoint.json"]
+    assert node.files() == [], "nothing but the checkpoint is left"
     again = await node.state.prepare([ref(claim)])
     assert again[claim["metadata"]["uid"]].error == "", (
         "a prepare that starts later may prepare it again"
@@ -432,7 +455,7 @@ async def test_prepare_past_the_kubelets_deadline_records_nothing(
 
     assert "the kubelet stopped waiting for this prepare" in result.error
     assert node.recorded() == {}
-    assert node.files() == ["data/checkpoint.json"]
+    assert node.files() == [], "nothing but the checkpoint is left"
 
 
 async def test_failed_writes_fail_the_claim_and_keep_what_was_recorded(
@@ -869,3 +892,271 @@ async def test_the_captured_tolerated_allocation_gets_its_tainted_device(
 
     assert (result.error == "") if tolerated else (error in result.error)
     assert len(result.devices) == (1 if tolerated else 0)
+
+
+# -- hostile input: claim UIDs that are paths, forged slices ------------------------------
+
+OUTSIDE_FILES = ("keep.txt", "sub/keep.txt")
+
+
+def outside_tree(root: pathlib.Path) -> pathlib.Path:
+    """A directory outside the claims directory holding files nothing may remove."""
+    folder = root / "outside"
+    for name in OUTSIDE_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("precious")
+    return folder
+
+
+def snapshot(node: Node) -> dict[str, bytes]:
+    """The data directory outside claims/, the checkpoint aside (``node.recorded()``)."""
+    data = node.root / "data"
+    return {
+        str(p.relative_to(data)): p.read_bytes()
+        for p in data.rglob("*")
+        if p.is_file()
+        and not p.is_relative_to(node.claims)
+        and p.name not in ("checkpoint.json", "checkpoint.journal")
+    }
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "..",
+        "../..",
+        "../../..",
+        "/",
+        "OUTSIDE",  # replaced by the absolute path of the directory outside
+        "./",
+        "",
+        "a\x00b",
+        "0" * 5000,
+        "6F1B2C3D-4E5F-4A6B-8C7D-9E0F1A2B3C4D",  # Kubernetes writes lowercase
+        "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/..",
+        "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\n",
+    ],
+    ids=[
+        "dotdot",
+        "dotdot-dotdot",
+        "three-up",
+        "root",
+        "absolute",
+        "dot",
+        "empty",
+        "nul",
+        "very-long",
+        "uppercase",
+        "uid-then-dotdot",
+        "trailing-newline",
+    ],
+)
+async def test_hostile_claim_uids_touch_nothing_outside_the_claims_directory(
+    apiserver: APIServer, node: Node, uid: str
+) -> None:
+    prepared = objects.allocated_claim(name="c1")
+    seed(apiserver, prepared)
+    assert (await node.state.prepare([ref(prepared)]))[ref(prepared).uid].error == ""
+    outside = outside_tree(node.root)
+    uid = str(outside) if uid == "OUTSIDE" else uid
+    before = snapshot(node)
+    hostile = ClaimRef(namespace="gvirtus-demo", uid=uid, name="c1")
+
+    unprepared = await node.state.unprepare([hostile, ref(prepared)])
+    again = await node.state.prepare([hostile])
+
+    for error in (unprepared[uid], again[uid].error):
+        assert "is not a Kubernetes UID" in error
+        assert "lowercase RFC 4122 UUID" in error, "the message says what a UID looks like"
+        assert "nothing was touched" in error
+        assert len(error) < 600, "a long UID is not repeated whole"
+    assert unprepared[ref(prepared).uid] == "", "the other claim of the call is unprepared"
+    assert not (node.claims / ref(prepared).uid).exists()
+    assert node.recorded() == {}
+    assert snapshot(node) == before, "the data directory outside claims/ is untouched"
+    assert all((outside / name).read_text() == "precious" for name in OUTSIDE_FILES)
+    assert node.claims.is_dir()
+
+
+async def test_a_symlink_planted_in_the_claims_directory_is_never_followed(
+    apiserver: APIServer, node: Node
+) -> None:
+    outside = outside_tree(node.root)
+    planted = [str(uuid.uuid4()) for _ in range(3)]
+    for uid in planted:
+        (node.claims / uid).symlink_to(outside, target_is_directory=True)
+    (node.cdi / f"gvirtus.io-gpu_{planted[0]}.json").symlink_to(outside / "keep.txt")
+    claim = objects.allocated_claim(name="c1", uid=planted[1])
+    seed(apiserver, claim)
+    before = snapshot(node)
+
+    unprepared = await node.state.unprepare([ClaimRef("gvirtus-demo", planted[0], "x")])
+    prepared = (await node.state.prepare([ref(claim)]))[planted[1]]
+    fresh, _ = build_state(node.state.kube, node.root)
+    await fresh.recover()  # planted[2] is debris to a restarted plugin
+
+    assert unprepared == {planted[0]: ""}
+    assert "leads outside" in prepared.error
+    assert prepared.devices == ()
+    assert sorted(p.name for p in outside.rglob("*")) == ["keep.txt", "keep.txt", "sub"]
+    assert all((outside / name).read_text() == "precious" for name in OUTSIDE_FILES)
+    assert list(node.claims.iterdir()) == [], "the links themselves are removed"
+    assert list(node.cdi.iterdir()) == []
+    assert snapshot(node) == before
+    fresh.serializer.close()
+
+
+async def test_the_lock_file_is_the_plugins_own(short_tmp: pathlib.Path) -> None:
+    fresh, inherited = short_tmp / "fresh.lock", short_tmp / "inherited.lock"
+    inherited.touch(mode=0o666)
+    inherited.chmod(0o666)  # as older versions left it
+    previous = os.umask(0)
+    try:
+        serializers = [Serializer(lock_file=path) for path in (fresh, inherited)]
+        for serializer in serializers:
+            serializer.open()
+    finally:
+        os.umask(previous)
+    for serializer in serializers:
+        serializer.close()
+    assert [oct(p.stat().st_mode & 0o777) for p in (fresh, inherited)] == ["0o600", "0o600"]
+
+
+FORGED_ADDRESS = "10.66.6.6"
+
+
+def forged_slice(*, placement: dict[str, Any], name: str, owner: str = "") -> dict[str, Any]:
+    """A slice as an attacker with some identity's credentials could create it."""
+    forged = objects.backend_slice(
+        pool="backend-node-a",
+        generation=100,
+        name=name,
+        devices=[
+            Device("gpu-0", address=FORGED_ADDRESS, port=7777, uuid="GPU-aaaa-0"),
+            Device("gpu-7", address=FORGED_ADDRESS, port=7777),
+        ],
+    )
+    del forged["spec"]["nodeSelector"]
+    forged["spec"].update(placement)
+    forged["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "someone-else"}
+    if owner:
+        forged["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Node", "name": owner, "uid": str(uuid.uuid4())}
+        ]
+    return forged
+
+
+async def seen_after(apiserver: APIServer, node: Node) -> None:
+    """Return once the slice watch delivered every change made so far (in order)."""
+    apiserver.put(objects.backend_slice(pool="sentinel", devices=[Device("gpu-0")]))
+    async with asyncio.timeout(10):
+        while not node.slices.has_pool("sentinel"):
+            await node.slices.changes.wait(0.1)
+
+
+def with_recorded_backend(claim: dict[str, Any], address: str, port: int) -> dict[str, Any]:
+    """The claim with the controller's ``status.devices`` entry for its first device."""
+    result = claim["status"]["allocation"]["devices"]["results"][0]
+    claim["status"]["devices"] = [
+        {
+            "driver": "gpu.gvirtus.io",
+            "pool": result["pool"],
+            "device": result["device"],
+            "conditions": [
+                {
+                    "type": "gvirtus.io/BackendReady",
+                    "status": "True",
+                    "reason": "BackendReady",
+                    "message": "GPU healthy",
+                    "lastTransitionTime": "2026-11-23T01:13:09Z",
+                }
+            ],
+            "data": {
+                "backendNode": result["pool"],
+                "backendAddress": address,
+                "backendPort": port,
+                "uuid": "GPU-aaaa-0",
+                "model": "NVIDIA H100 80GB HBM3",
+            },
+        }
+    ]
+    return claim
+
+
+@pytest.mark.parametrize(
+    ("placement", "owner", "recorded"),
+    [
+        ({"nodeName": "worker-1"}, "worker-1", False),
+        ({"nodeName": "worker-1"}, "worker-1", True),
+        ({"allNodes": True}, "", False),
+        ({"allNodes": True}, "backend-node-a", True),
+    ],
+    ids=[
+        "own-node-name",
+        "own-node-name-claim-status-written",
+        "all-nodes",
+        "all-nodes-claim-status-written",
+    ],
+)
+async def test_forged_slices_never_change_what_a_pod_is_given(
+    apiserver: APIServer,
+    node: Node,
+    placement: dict[str, Any],
+    owner: str,
+    recorded: bool,
+) -> None:
+    claim = objects.allocated_claim(name="c1", results=[Result("backend-node-a", "gpu-0")])
+    if recorded:
+        with_recorded_backend(claim, "10.0.0.5", 9999)
+    extra = objects.allocated_claim(name="c2", results=[Result("backend-node-a", "gpu-7")])
+    seed(apiserver, claim, extra)
+    apiserver.put(forged_slice(placement=placement, name="forged", owner=owner))
+    await seen_after(apiserver, node)
+
+    results = await node.state.prepare([ref(claim), ref(extra)])
+
+    (device,) = results[ref(claim).uid].devices
+    assert (device.address, device.port) == ("10.0.0.5", 9999)
+    properties = node.claims / ref(claim).uid / "0-gpu-0.json"
+    assert FORGED_ADDRESS.encode() not in properties.read_bytes()
+    assert FORGED_ADDRESS not in node.spec(ref(claim).uid).__repr__()
+    assert "is not in pool backend-node-a" in results[ref(extra).uid].error
+    assert list(node.recorded()) == [ref(claim).uid]
+
+
+async def test_a_slice_that_disagrees_with_the_claims_recorded_backend_is_refused(
+    apiserver: APIServer, node: Node
+) -> None:
+    # Shaped like the controller's (nodeSelector), newer, other owner and labels: the
+    # plugin cannot tell it from a real one, but the claim's status names the backend.
+    claim = with_recorded_backend(objects.allocated_claim(name="c1"), "10.0.0.5", 9999)
+    seed(apiserver, claim)
+    forged = forged_slice(placement={}, name="forged", owner="attacker")
+    forged["spec"]["nodeSelector"] = copy.deepcopy(BACKEND_A["spec"]["nodeSelector"])
+    apiserver.put(forged)
+    for _ in range(200):
+        found = node.slices.lookup(pool="backend-node-a", device="gpu-0")
+        if found is not None and found.attributes.get("backendAddress") == FORGED_ADDRESS:
+            break
+        await asyncio.sleep(0.01)
+
+    result = (await node.state.prepare([ref(claim)]))[ref(claim).uid]
+
+    assert result.devices == ()
+    assert "ResourceClaim gvirtus-demo/c1" in result.error
+    assert f"its ResourceSlice names backend {FORGED_ADDRESS}:7777" in result.error
+    assert "status.devices (written by the controller) names backend 10.0.0.5:9999" in (
+        result.error
+    )
+    assert node.recorded() == {}
+    assert list(node.claims.iterdir()) == [] and list(node.cdi.iterdir()) == []
+
+    apiserver.remove("resourceslices", "forged")  # an admin deletes it
+    for _ in range(200):
+        found = node.slices.lookup(pool="backend-node-a", device="gpu-0")
+        if found is not None and found.attributes.get("backendAddress") == "10.0.0.5":
+            break
+        await asyncio.sleep(0.01)
+    again = (await node.state.prepare([ref(claim)]))[ref(claim).uid]
+    assert again.error == ""
+    assert (again.devices[0].address, again.devices[0].port) == ("10.0.0.5", 9999)

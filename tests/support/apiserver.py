@@ -869,6 +869,8 @@ class Store:
             collections.deque(maxlen=history)
         )
         self.watchers: list[_Watcher] = []
+        self.committed_at: dict[int, float] = {}
+        """When each history entry was committed (``time.monotonic``)."""
 
     def _next_rv(self) -> str:
         self.rv += 1
@@ -894,7 +896,10 @@ class Store:
                 self.objects[key] = new
                 record = (self.rv, kind.plural, old, new, None)
                 result = new
+            if self.history.maxlen and len(self.history) == self.history.maxlen:
+                self.committed_at.pop(self.history[0][0], None)
             self.history.append(record)
+            self.committed_at[self.rv] = time.monotonic()
             for watcher in self.watchers:
                 if watcher.kind.plural == kind.plural:
                     watcher.offer(old, new, record[4])
@@ -943,6 +948,35 @@ class Fault:
 
 
 @dataclasses.dataclass(frozen=True)
+class Latency:
+    """Time a real API server spends that this one does not, in seconds (0: none).
+
+    A kube-apiserver authenticates, authorizes, runs admission and encodes each
+    request, and keeps objects in etcd, whose single raft loop persists every write
+    (a WAL fsync) before it commits, one batch at a time. A linearizable read (a GET
+    or LIST without ``resourceVersion``, what clients send by default) asks that same
+    loop for its read index, so it waits for the write being persisted. The model:
+
+    * ``write``: each write holds the one raft loop for this long (writes queue);
+    * ``read``: each read costs this long, after waiting for the raft loop to be free
+      (reads run side by side); a read with ``resourceVersion=0`` is served by the
+      watch cache and does not wait;
+    * ``cache_lag``: the watch cache shows each object as it was this long ago (a
+      GET with ``resourceVersion=0`` of an object created since is a 404).
+
+    Watches are not delayed (the watch cache serves them). Which numbers to use, and
+    why, is in ``docs/benchmarks.md``.
+    """
+
+    read: float = 0.0
+    write: float = 0.0
+    cache_lag: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.read or self.write)
+
+
+@dataclasses.dataclass(frozen=True)
 class Request:
     method: str
     path: str
@@ -969,11 +1003,14 @@ class APIServer:
         tls_dir: pathlib.Path | None = None,
         release: str = "1.36",
         disabled_features: frozenset[str] = frozenset(),
+        latency: Latency = Latency(),
     ) -> None:
         if release not in RELEASES:
             raise ValueError(f"release {release} is not one of {RELEASES}")
         self.release = release
         self.kinds: dict[str, Kind] = {}
+        self.latency = latency
+        self._raft: asyncio.Lock | None = None
         self.disabled_features = disabled_features
         self.token = token or secrets.token_urlsafe(16)
         self.bookmark_interval = bookmark_interval
@@ -1054,6 +1091,7 @@ class APIServer:
 
     async def _start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self._stopping = asyncio.Event()
+        self._raft = asyncio.Lock()
         day = datetime.timedelta(days=1)
         self._ca = ca = certs.new_ca(common_name="test-apiserver CA", valid_for=day)
         self.ca_pem = ca.cert_pem
@@ -1253,6 +1291,20 @@ class APIServer:
             found = self.store.objects.get(self._key(kind, namespace, name))
             return copy.deepcopy(found) if found else None
 
+    def cached(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+        """The object as the watch cache shows it: as it was ``latency.cache_lag`` ago."""
+        if not self.latency.cache_lag:
+            return self.get(kind.plural, name, namespace)
+        horizon = time.monotonic() - self.latency.cache_lag
+        with self.store.lock:
+            for rv, plural, _, new, deleted in reversed(self.store.history):
+                if plural != kind.plural or self.store.committed_at.get(rv, 0.0) > horizon:
+                    continue
+                meta = _meta(new or deleted or {})
+                if meta.get("name") == name and meta.get("namespace") == namespace:
+                    return copy.deepcopy(new) if new is not None else None
+            return None
+
     def versions(self, plural: str, name: str, namespace: str | None = None) -> list[Obj]:
         """Every version of one object still in the history, oldest first."""
         with self.store.lock:
@@ -1316,12 +1368,28 @@ class APIServer:
             self._authenticate(request)
             fault = await self._apply_faults(request)
             kind, namespace, name, sub = self._route(group, version, request.match_info["rest"])
+            if self.latency and not (request.method == "GET" and query.get("watch")):
+                await self._storage(request, query)
             response = await self._dispatch(request, kind, namespace, name, sub, query)
         except APIError as exc:
             response = web.json_response(exc.body, status=exc.code)
         if fault is not None and fault.answer_delay:
             await self._hold(fault.answer_delay)
         return response
+
+    async def _storage(self, request: web.Request, query: Mapping[str, str]) -> None:
+        """Spend what a real server and etcd would (see :class:`Latency`)."""
+        assert self._raft is not None
+        if request.method == "GET":
+            if query.get("resourceVersion") in (None, ""):
+                async with self._raft:  # the read index waits for the write in progress
+                    pass
+            await self._hold(self.latency.read)
+        elif not _dry_run(query):
+            async with self._raft:
+                await self._hold(self.latency.write)
+        else:
+            await self._hold(self.latency.read)
 
     def _authenticate(self, request: web.Request) -> None:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -1403,6 +1471,11 @@ class APIServer:
                 headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)}
                 return web.json_response(created, status=201, headers=headers if warnings else None)
         else:
+            if method == "GET" and query.get("resourceVersion") == "0":
+                found = self.cached(kind, namespace, name)
+                if found is None:
+                    raise _not_found(kind, name)
+                return web.json_response(found)
             if method == "GET":
                 return web.json_response(self._get(kind, namespace, name))
             if method == "PUT":
@@ -2024,11 +2097,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="turn off the gates the release has off by default (else every gate is on)",
     )
+    parser.add_argument(
+        "--read-latency-ms", type=float, default=0.0, help="added to every read (see Latency)"
+    )
+    parser.add_argument(
+        "--write-latency-ms",
+        type=float,
+        default=0.0,
+        help="each write holds the one storage loop this long (see Latency)",
+    )
     args = parser.parse_args(argv)
     server = APIServer(
         bookmark_interval=args.bookmark_interval,
         release=args.release,
         disabled_features=DEFAULT_OFF[args.release] if args.defaults else frozenset(),
+        latency=Latency(read=args.read_latency_ms / 1000, write=args.write_latency_ms / 1000),
     )
     for obj in json.loads(args.seed.read_text()) if args.seed else []:
         server.put(obj)

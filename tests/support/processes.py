@@ -444,10 +444,19 @@ class WebhookProcess(ComponentProcess):
 
 
 def standalone_apiserver(
-    *, kubeconfig: pathlib.Path, seed: pathlib.Path | None = None
+    *,
+    kubeconfig: pathlib.Path,
+    seed: pathlib.Path | None = None,
+    read_latency_ms: float = 0.0,
+    write_latency_ms: float = 0.0,
 ) -> subprocess.Popen[bytes]:
-    """The test API server in a process of its own; it writes ``kubeconfig`` once serving."""
+    """The test API server in a process of its own; it writes ``kubeconfig`` once serving.
+
+    The latencies model what a real server and etcd add (``apiserver.Latency``).
+    """
     args = [sys.executable, "-m", "tests.support.apiserver", "--kubeconfig", str(kubeconfig)]
     if seed is not None:
         args += ["--seed", str(seed)]
+    args += ["--read-latency-ms", str(read_latency_ms)]
+    args += ["--write-latency-ms", str(write_latency_ms)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL)
