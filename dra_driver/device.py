@@ -99,10 +99,18 @@ def decode(device: Mapping[str, Any], *, driver: str) -> GPUDevice:
         DeviceError: a required attribute is missing or of the wrong type; the
             message names the attribute and what it must be.
     """
-    values = attribute_values(device, driver=driver)
+    return from_values(str(device.get("name", "")), attribute_values(device, driver=driver))
+
+
+def from_values(name: str, values: Mapping[str, Any]) -> GPUDevice:
+    """The GPU a device names, from its attribute values (see :func:`attribute_values`).
+
+    Raises:
+        DeviceError: as :func:`decode`.
+    """
     zone, region = values.get(ZONE), values.get(REGION)
     return GPUDevice(
-        name=str(device.get("name", "")),
+        name=name,
         index=_int(values, INDEX),
         uuid=_string(values, UUID),
         model=_string(values, MODEL),

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
 
+from dra_driver.device import GPUDevice, attribute_values, from_values
 from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.kube.watch import WatchEvent
@@ -52,7 +53,6 @@ FOREIGN = Counter(
 READ_THROUGH_TTL = 1.0
 """Seconds a direct read of the slices answers further cache misses."""
 
-AttributeValue = str | int | bool | list[Any]
 Obj = dict[str, Any]
 
 
@@ -67,12 +67,20 @@ class Taint:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """One published device: its attributes (unqualified names) and taints."""
+    """One published device: its attribute values (unqualified names) and taints."""
 
     pool: str
     name: str
-    attributes: Mapping[str, AttributeValue]
+    attributes: Mapping[str, Any]
     taints: tuple[Taint, ...] = ()
+
+    def gpu(self) -> GPUDevice:
+        """What the device says of its GPU and backend, through the one device codec.
+
+        Raises:
+            DeviceError: an attribute prepare needs is missing or of the wrong type.
+        """
+        return from_values(self.name, self.attributes)
 
 
 @dataclass
@@ -201,12 +209,8 @@ class SliceCache:
     def _parse(self, item: Obj) -> _Slice:
         spec = item["spec"]
         entry = _Slice(pool=spec["pool"]["name"], generation=int(spec["pool"].get("generation", 0)))
-        prefix = self.driver + "/"
         for device in spec.get("devices") or []:
-            attributes = {
-                name.removeprefix(prefix): _value(attribute)
-                for name, attribute in (device.get("attributes") or {}).items()
-            }
+            attributes = attribute_values(device, driver=self.driver)
             taints = tuple(
                 Taint(key=t["key"], value=t.get("value", ""), effect=t.get("effect", ""))
                 for t in device.get("taints") or []
@@ -304,11 +308,3 @@ def _index(slices: Any) -> dict[str, dict[str, DeviceInfo]]:
         if entry.generation == newest[entry.pool]:
             pools.setdefault(entry.pool, {}).update(entry.devices)
     return pools
-
-
-def _value(attribute: Obj) -> AttributeValue:
-    for kind in ("string", "int", "bool", "version", "strings", "ints", "bools", "versions"):
-        value = attribute.get(kind)
-        if value is not None:
-            return value  # type: ignore[no-any-return]
-    return ""

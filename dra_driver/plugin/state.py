@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Gauge
 
 from dra_driver import files, gvirtus
+from dra_driver.device import BACKEND_ADDRESS, BACKEND_NODE, BACKEND_PORT, DeviceError
 from dra_driver.kube import errors as kube_errors
 from dra_driver.kube.resources import RESOURCE_CLAIMS
 from dra_driver.models import ConfigValidationError, GVirtuSConfig, merge_configs, parse_config
@@ -460,11 +461,9 @@ class State:
                 "the kubelet will retry"
             )
         try:
-            endpoint = gvirtus.parse_endpoint(
-                address=info.attributes.get("backendAddress"),
-                port=info.attributes.get("backendPort"),
-            )
-        except gvirtus.EndpointError as exc:
+            gpu = info.gpu()
+            endpoint = gvirtus.parse_endpoint(address=gpu.address, port=gpu.port)
+        except (DeviceError, gvirtus.EndpointError) as exc:
             raise ClaimError(f"{ref}: device {where}: {exc}") from exc
         status = recorded.get((result.pool, result.device, result.share_id or ""))
         if status is not None and (status.address, status.port) != (
@@ -494,8 +493,8 @@ class State:
             ),
             address=str(endpoint.address),
             port=endpoint.port,
-            uuid=str(info.attributes.get("uuid", "")),
-            model=str(info.attributes.get("model", "")),
+            uuid=gpu.uuid,
+            model=gpu.model,
             env=merge_configs(applicable),
         )
 
@@ -720,9 +719,9 @@ def _valid(refs: list[ClaimRef]) -> tuple[list[ClaimRef], dict[str, str]]:
 
 def _backend(info: DeviceInfo) -> str:
     """``backend <address>:<port> on node <node>``, with what the slice tells of it."""
-    address = info.attributes.get("backendAddress", "?")
-    port = info.attributes.get("backendPort", "?")
-    node = info.attributes.get("backendNode")
+    address = info.attributes.get(BACKEND_ADDRESS) or "?"
+    port = info.attributes.get(BACKEND_PORT) or "?"
+    node = info.attributes.get(BACKEND_NODE)
     return f"backend {address}:{port}" + (f" on node {node}" if node else "")
 
 
