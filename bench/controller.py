@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.measure import cpu_seconds, percentile, rss_mib
+from bench.measure import cpu_seconds, load, median_of, percentile, rss_mib
 from dra_driver.kube.client import KubeClient
 from dra_driver.kube.resources import RESOURCE_SLICES
 from dra_driver.lifecycle import raise_file_limit
@@ -258,7 +258,8 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"controller benchmark: {r['nodes']} backend nodes x {r['gpus_per_node']} GPUs = {r['devices']} devices "
-            f"({os.cpu_count()} CPUs)",
+            f"({os.cpu_count()} CPUs; median of {r['runs']} runs; load average "
+            f"{r['load_before']:.1f} before, {r['load_after']:.1f} after)",
             f"  publish from scratch     {r['publish_seconds']:.2f} s, controller CPU {r['publish_cpu_seconds']:.2f} s",
             f"  steady state             {r['steady_slice_writes']:.0f} slice writes in {r['steady_seconds']:.0f} s, "
             f"controller CPU {r['steady_cpu_cores'] * 100:.0f}% of a core (polling every agent each second)",
@@ -270,16 +271,36 @@ def render(r: dict[str, Any]) -> str:
     )
 
 
+async def runs(*, count: int, **options: Any) -> dict[str, Any]:
+    """``count`` whole runs; their medians, with the machine's load before and after."""
+    before = load()
+    measured = [await run(**options) for _ in range(count)]
+    return {
+        **median_of(measured),
+        "runs": count,
+        "load_before": before,
+        "load_after": load(),
+        "each_run": measured,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--quiet", type=float, default=15.0)
+    parser.add_argument("--runs", type=int, default=3, help="whole runs; figures are medians")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args(argv)
     results = asyncio.run(
-        run(nodes=args.nodes, gpus=args.gpus, trials=args.trials, quiet=args.quiet)
+        runs(
+            count=args.runs,
+            nodes=args.nodes,
+            gpus=args.gpus,
+            trials=args.trials,
+            quiet=args.quiet,
+        )
     )
     print(render(results))
     if args.json:

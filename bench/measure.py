@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import statistics
+from typing import Any
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -56,3 +57,20 @@ def rss_mib(pid: int) -> float:
 def load() -> float:
     """The machine's one-minute load average (other work competes for the CPUs)."""
     return os.getloadavg()[0]
+
+
+def median_of(runs: list[Any]) -> Any:
+    """Same-shaped results of several runs, each number replaced by its median.
+
+    Dicts and lists are merged element by element; anything that is not a number
+    (names, flags) is taken from the first run. The README quotes these medians, so
+    a rerun lands within the noise of one run instead of on its luck.
+    """
+    first = runs[0]
+    if isinstance(first, dict):
+        return {key: median_of([run[key] for run in runs]) for key in first}
+    if isinstance(first, list):
+        return [median_of([run[i] for run in runs]) for i in range(len(first))]
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        return first
+    return statistics.median(runs)

@@ -40,7 +40,6 @@ import os
 import pathlib
 import shutil
 import ssl
-import statistics
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.measure import cpu_seconds_precise, load, rss_mib, summary
+from bench.measure import cpu_seconds_precise, load, median_of, rss_mib, summary
 from dra_driver.kubeletapi.dra.v1 import api_pb2 as v1_pb
 from dra_driver.kubeletapi.dra.v1 import api_pb2_grpc as v1_grpc
 from tests.support import kubelet, objects
@@ -420,19 +419,6 @@ async def _ok_unprepare(call: Awaitable[dict[str, str]]) -> None:
     for uid, error in (await call).items():
         if error:
             raise RuntimeError(f"unprepare {uid}: {error}")
-
-
-def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure (and each statistic of it) as the median over the runs."""
-    merged: dict[str, Any] = {}
-    for key, first in runs[0].items():
-        if isinstance(first, dict):
-            merged[key] = {
-                stat: statistics.median(run[key][stat] for run in runs) for stat in first
-            }
-        else:
-            merged[key] = statistics.median(run[key] for run in runs)
-    return merged
 
 
 async def run(*, rounds: int, runs: int) -> dict[str, Any]:

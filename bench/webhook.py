@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.measure import cpu_seconds, rss_mib, summary
+from bench.measure import cpu_seconds, load, median_of, rss_mib, summary
 from tests.support import manifests, objects
 from tests.support.processes import WebhookProcess, standalone_apiserver
 
@@ -304,12 +304,26 @@ async def _ca(config: dict[str, Any]) -> str:
     return base64.b64decode(secret["data"]["ca.crt"]).decode()
 
 
+async def runs(*, count: int, seconds: float) -> dict[str, Any]:
+    """``count`` whole runs; their medians, with the machine's load before and after."""
+    before = load()
+    measured = [await run(seconds=seconds) for _ in range(count)]
+    return {
+        **median_of(measured),
+        "runs": count,
+        "load_before": before,
+        "load_after": load(),
+        "each_run": measured,
+    }
+
+
 def render(results: dict[str, Any]) -> str:
     machine, yardstick = results["machine"], results["yardstick"]
     pinned = "pinned to one CPU" if machine["webhook_pinned_to_one_cpu"] else "not pinned"
     lines = [
         f"webhook benchmark ({machine['cpus']} CPUs; webhook {pinned}; "
-        f"{results['seconds_per_scenario']:.0f} s per row)",
+        f"{results['seconds_per_scenario']:.0f} s per row; median of {results['runs']} runs; "
+        f"load average {results['load_before']:.1f} before, {results['load_after']:.1f} after)",
         "  keep-alive  clients      p50 ms    p99 ms   reviews/s   webhook CPU ms/review",
     ]
     for row in results["scenarios"]:
@@ -343,9 +357,10 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
+    parser.add_argument("--runs", type=int, default=3, help="whole runs; figures are medians")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
     args = parser.parse_args(argv)
-    results = asyncio.run(run(seconds=args.seconds))
+    results = asyncio.run(runs(count=args.runs, seconds=args.seconds))
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
