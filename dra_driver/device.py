@@ -9,6 +9,7 @@ also accepts them qualified with the driver name, as the API allows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,27 @@ TRANSPORT = "transport"
 SIMULATED = "simulated"
 ZONE = "zone"
 REGION = "region"
+
+
+_NAME = re.compile(r"gpu-(\d+)(?:-s(\d+))?")
+
+
+def name_of(index: int, *, slot: int | None = None) -> str:
+    """A device's name: ``gpu-<index>``, or ``gpu-<index>-s<slot>`` for a sharing slot.
+
+    Names come from the GPU's NVML index, so they survive restarts (docs/names.md).
+    """
+    return f"gpu-{index}" if slot is None else f"gpu-{index}-s{slot}"
+
+
+def index_of(name: str) -> int | None:
+    """The GPU index a device name carries; None for a name this driver never gives.
+
+    For readers that must know a device's GPU when the device is no longer
+    published (a pod keeps using it): the name says it by contract.
+    """
+    found = _NAME.fullmatch(name)
+    return int(found.group(1)) if found else None
 
 
 class DeviceError(ValueError):

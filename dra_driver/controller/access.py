@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +46,10 @@ from dra_driver.controller.agents import Agents
 from dra_driver.controller.claims import ClaimIndex
 from dra_driver.controller.pods import PodIndex
 from dra_driver.controller.pools import NodeInfo
+from dra_driver.device import index_of
 from dra_driver.kube import errors
 from dra_driver.kube.client import KubeClient
-from dra_driver.kube.events import EventRecorder, Regarding
+from dra_driver.kube.events import REPEAT_AFTER, EventRecorder, Regarding
 from dra_driver.kube.index import Index
 from dra_driver.kube.resources import CONFIG_MAPS
 from dra_driver.kube.watch import WatchEvent
@@ -84,15 +85,8 @@ ADMITTED = Gauge(
     "Addresses admitted to backends, summed over the access lists this replica published.",
 )
 
-_DEVICE = re.compile(r"^gpu-(\d+)(?:-s\d+)?$")
 
 Obj = dict[str, Any]
-
-
-def gpu_index(device: str) -> int | None:
-    """The GPU index in a device name (``gpu-<i>`` or ``gpu-<i>-s<k>``), None for others."""
-    found = _DEVICE.match(device)
-    return int(found.group(1)) if found else None
 
 
 @dataclass(frozen=True)
@@ -171,6 +165,9 @@ class AccessPublisher:
         self.store: Index[Stored] = Index(stored)
         self.wake = asyncio.Event()
         self._limit = asyncio.Semaphore(concurrency)
+        self._published: tuple[int, ...] = ()
+        """The versions of every input when the lists were last found right."""
+        self._reported: tuple[int, float] = (-1, 0.0)
 
     def notify(self) -> None:
         """Something the lists depend on changed: look again now."""
@@ -232,25 +229,42 @@ class AccessPublisher:
             if not addresses:
                 continue
             for device in claim.devices:
-                index = gpu_index(device.device)
+                index = index_of(device.device)
                 if index is not None:
                     sources.setdefault((device.pool, index), set()).update(addresses)
         return sources
 
     async def sync(self) -> None:
-        """Write every list that differs from what is stored."""
+        """Write every list that differs from what is stored.
+
+        Nothing is computed while no input changed: a steady cluster of a thousand
+        backend nodes costs nothing per round.
+        """
+        inputs = self._versions()
+        if inputs == self._published:
+            return
         desired = self.desired()
         ADMITTED.set(sum(len(p.addresses) for d in desired.values() for p in d.ports))
         writes = []
         for node, document in desired.items():
-            owner = self.nodes.items[node].uid
-            wanted = Stored(document=document.encode(), owner=owner)
             key = f"{self.namespace}/{access_config_map_name(node)}"
+            wanted = Stored(document=document.encode(), owner=self.nodes.items[node].uid)
             if self.store.items.get(key) != wanted:
                 writes.append(self._write(node, wanted))
-        await asyncio.gather(*writes)
+        outcomes = await asyncio.gather(*writes)
+        if all(outcomes):
+            self._published = inputs
 
-    async def _write(self, node: str, wanted: Stored) -> None:
+    def _versions(self) -> tuple[int, ...]:
+        return (
+            self.claims.version,
+            self.pods.version,
+            self.nodes.version,
+            self.agents.version,
+            self.store.version,
+        )
+
+    async def _write(self, node: str, wanted: Stored) -> bool:
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -277,14 +291,23 @@ class AccessPublisher:
                     message=f"the access list of the GVirtuS backends on {node} could not be "
                     f"published: {exc.message}",
                 )
-                return
+                return False
         WRITES.labels("ok").inc()
         # Known at once, so the next look does not write it again before its watch event.
         await self.store.on_event(WatchEvent("MODIFIED", written))
         log.info("published the access list of %s", node, extra={"document": wanted.document})
+        return True
 
     async def report(self) -> None:
-        """Warn on each Node whose agent does not enforce its list."""
+        """Warn on each Node whose agent does not enforce its list.
+
+        Looked at when the agents changed, and every ten minutes, when the recorder
+        lets the same Event through again.
+        """
+        now = time.monotonic()
+        if self.agents.version == self._reported[0] and now - self._reported[1] < REPEAT_AFTER:
+            return
+        self._reported = (self.agents.version, now)
         for node, state in self.agents.states.items():
             info = self.nodes.items.get(node)
             if state.inventory is None or info is None:

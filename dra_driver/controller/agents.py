@@ -173,6 +173,8 @@ class Agents:
         self.clock = clock
         self.pods: Index[AgentPod] = Index(functools.partial(agent_pod, daemonset=daemonset))
         self.states: dict[str, AgentState] = {}
+        self.version = 0
+        """Counts changes of the agents or their inventories, for owners that follow them."""
 
     def sync(self) -> None:
         """Follow the agent pods: new nodes, gone nodes, agents that moved."""
@@ -182,6 +184,7 @@ class Agents:
                 newest[pod.node] = pod
         for node in set(self.states) - set(newest):
             del self.states[node]
+            self.version += 1
         for node, pod in newest.items():
             url = f"http://{pod.ip}:{self.port}"
             state = self.states.get(node)
@@ -189,12 +192,15 @@ class Agents:
                 self.states[node] = AgentState(
                     node=node, url=url, host_ip=pod.host_ip, seen_at=self.clock()
                 )
+                self.version += 1
 
     async def poll(self, poller: Poller) -> None:
         """Poll every agent once, concurrently."""
-        await asyncio.gather(
+        changed = await asyncio.gather(
             *(refresh(state, poller=poller, clock=self.clock) for state in self.states.values())
         )
+        if any(changed):
+            self.version += 1
 
     def answered(self, node: str) -> float | None:
         """When (``clock``) the node's agent last answered; None if never."""

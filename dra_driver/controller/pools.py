@@ -33,7 +33,7 @@ from dra_driver.controller import scheduler
 from dra_driver.controller.features import FAILURE_CONDITION, READY_CONDITION, Features
 from dra_driver.controller.health import Verdict
 from dra_driver.controller.settings import Sharing
-from dra_driver.device import GPUDevice
+from dra_driver.device import GPUDevice, name_of
 from dra_driver.models import GPU, Inventory
 from dra_driver.quantity import format_bytes
 
@@ -108,7 +108,7 @@ def cuda_semver(version: str) -> str:
 def gpu_device(gpu: GPU, inventory: Inventory, node: NodeInfo) -> GPUDevice:
     """What every device of ``gpu`` says about it and its backend."""
     return GPUDevice(
-        name=f"gpu-{gpu.index}",
+        name=name_of(gpu.index),
         index=gpu.index,
         uuid=gpu.uuid,
         model=gpu.model,
@@ -129,7 +129,7 @@ def _shapes(gpu: GPU, sharing: Sharing, policy: DevicePolicy) -> list[tuple[str,
     if sharing is Sharing.SLOTS:
         share = gpu.memory_bytes // policy.slots // MIB * MIB
         return [
-            (f"gpu-{gpu.index}-s{k}", {"capacity": {"memory": {"value": format_bytes(share)}}})
+            (name_of(gpu.index, slot=k), {"capacity": {"memory": {"value": format_bytes(share)}}})
             for k in range(policy.slots)
         ]
     capacity: Obj = {"value": format_bytes(gpu.memory_bytes)}
@@ -147,7 +147,7 @@ def _shapes(gpu: GPU, sharing: Sharing, policy: DevicePolicy) -> list[tuple[str,
             },
         }
         fields["allowMultipleAllocations"] = True
-    return [(f"gpu-{gpu.index}", fields)]
+    return [(name_of(gpu.index), fields)]
 
 
 def _taints(
