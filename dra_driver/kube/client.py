@@ -5,17 +5,19 @@ in-cluster service account), that maps library exceptions onto
 :mod:`dra_driver.kube.errors`, and that every component and test can point at
 another API server. Components name what they touch with the
 :mod:`~dra_driver.kube.resources` table and a verb (``get``, ``list``, ``watch``,
-``create``, ``replace``, ``patch``, ``apply``, ``delete``); the verbs call the
-library's public, typed API methods in their ``_without_preload_content`` form, so
-answers come back as plain JSON exactly as the server sent them (what a component
-compares with what it built), and no component spells a URL.
+``create``, ``replace``, ``patch``, ``apply``, ``delete``); no component spells a
+URL or touches the library.
 
-One exception: ``get`` builds its request from the resource table and sends it
-through the library's ``ApiClient`` (the same plumbing, headers, authentication and
-TLS the typed methods use), because the typed read methods cost more than the read:
-each API class loads its module and models on first use (``CoreV1Api`` alone about
-0.7 s and 24 MB, for a kubelet plugin that reads one Node), and each call validates
-its arguments with pydantic.
+Each verb builds its path from the resource table and sends the request through the
+library's ``ApiClient`` (its configuration, authentication, TLS, proxy and pool),
+and answers come back as plain JSON exactly as the server sent them, bodies going
+out exactly as built (what a component compares with what it built). The library's
+typed API methods are not used: each API class loads its module and models on first
+use (``CoreV1Api`` alone about 0.7 s and 24 MB), and each call validates its
+arguments and converts a body into the library's models and back, which measured
+as two thirds of the controller's CPU when it publishes a thousand pools. The
+``ApiClient`` calls sit here and nowhere else, so a change between library releases
+is met in this module alone.
 
 The library is imported when a client connects, never when this module is: importing
 any part of ``kubernetes`` loads all of it (~0.45 s and ~45 MB), which a component
@@ -33,7 +35,7 @@ import os
 import pathlib
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
 from dra_driver import __version__
@@ -63,7 +65,6 @@ class KubeClient:
     def __init__(self, api_client: Any, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.api_client = api_client
         self.timeout = timeout
-        self._apis: dict[str, Any] = {}
 
     @classmethod
     async def connect(
@@ -91,14 +92,6 @@ class KubeClient:
         await self.api_client.close()
         await asyncio.sleep(0.05)
 
-    async def preload(self, *resources: Resource) -> None:
-        """Load the library's API classes for ``resources`` in a worker thread.
-
-        A class loads its module and models on first use; on an event loop that
-        already serves, that would stall every other call for a fraction of a second.
-        """
-        await asyncio.to_thread(lambda: [self._api(r) for r in resources])
-
     # -- verbs ------------------------------------------------------------------------
 
     async def get(
@@ -113,11 +106,8 @@ class KubeClient:
         Raises:
             NotFoundError: it does not exist; other :class:`KubeError` as answered.
         """
-        _scope(resource, namespace)  # refuses a namespace for a cluster-scoped kind
-        where = f"/namespaces/{_segment(namespace)}" if namespace is not None else ""
-        path = f"{_base(resource)}{where}/{resource.plural}/{_segment(name)}"
-        query = (("resourceVersion", "0"),) if cached else ()
-        return await self._call(self._direct, path=path, query=query)
+        query = {"resourceVersion": "0"} if cached else {}
+        return await self._json("GET", _path(resource, namespace, name), query=query)
 
     async def list(
         self,
@@ -128,13 +118,8 @@ class KubeClient:
         field_selector: str | None = None,
     ) -> Obj:
         """A whole list (``items``, ``metadata.resourceVersion``); all namespaces if None."""
-        method = self._method(resource, "list", namespace=namespace)
-        return await self._call(
-            method,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            **_scope(resource, namespace),
-        )
+        query = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        return await self._json("GET", _path(resource, namespace), query=query)
 
     async def watch(
         self,
@@ -151,17 +136,20 @@ class KubeClient:
         An ``ERROR`` event is raised as the matching :class:`KubeError` (410 Gone as
         :class:`GoneError`); the stream ends when the server closes it.
         """
-        method = self._method(resource, "list", namespace=namespace)
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+            "labelSelector": label_selector,
+            "fieldSelector": field_selector,
+        }
         async with translate_errors():
-            response = await method(
-                watch=True,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=timeout_seconds,
-                label_selector=label_selector,
-                field_selector=field_selector,
-                _request_timeout=float(timeout_seconds + 30),
-                **_scope(resource, namespace),
+            response = await self._send(
+                "GET",
+                _path(resource, namespace),
+                query=query,
+                timeout=float(timeout_seconds + 30),
             )
             try:
                 if not 200 <= response.status < 300:
@@ -193,14 +181,8 @@ class KubeClient:
         Raises:
             AlreadyExistsError: the name is taken; other :class:`KubeError` as answered.
         """
-        method = self._method(resource, "create", namespace=namespace)
-        return await self._call(
-            method,
-            body=body,
-            dry_run="All" if dry_run else None,
-            field_manager=field_manager,
-            **_scope(resource, namespace),
-        )
+        query = {"dryRun": "All" if dry_run else None, "fieldManager": field_manager}
+        return await self._json("POST", _path(resource, namespace), query=query, body=body)
 
     async def replace(self, resource: Resource, body: Obj) -> Obj:
         """Replace an object with ``body``, conditional on its ``resourceVersion``.
@@ -209,9 +191,8 @@ class KubeClient:
             ConflictError: the object changed since that version.
         """
         meta = body["metadata"]
-        namespace = meta.get("namespace")
-        method = self._method(resource, "replace", namespace=namespace)
-        return await self._call(method, name=meta["name"], body=body, **_scope(resource, namespace))
+        path = _path(resource, meta.get("namespace"), meta["name"])
+        return await self._json("PUT", path, body=body)
 
     async def patch(
         self,
@@ -225,14 +206,12 @@ class KubeClient:
         field_manager: str | None = None,
     ) -> Obj:
         """Patch an object (a JSON merge, JSON or strategic merge patch)."""
-        method = self._method(resource, "patch", namespace=namespace, subresource=subresource)
-        return await self._call(
-            method,
-            name=name,
+        return await self._json(
+            "PATCH",
+            _path(resource, namespace, name, subresource),
+            query={"fieldManager": field_manager},
             body=patch,
-            field_manager=field_manager,
-            _content_type=PATCHES[kind],
-            **_scope(resource, namespace),
+            content_type=PATCHES[kind],
         )
 
     async def apply(
@@ -246,16 +225,12 @@ class KubeClient:
     ) -> Obj:
         """Server-side apply ``body`` (which names the object) as ``field_manager``."""
         meta = body["metadata"]
-        namespace = meta.get("namespace")
-        method = self._method(resource, "patch", namespace=namespace, subresource=subresource)
-        return await self._call(
-            method,
-            name=meta["name"],
+        return await self._json(
+            "PATCH",
+            _path(resource, meta.get("namespace"), meta["name"], subresource),
+            query={"fieldManager": field_manager, "force": "true" if force else None},
             body=body,
-            field_manager=field_manager,
-            force=force,
-            _content_type=APPLY,
-            **_scope(resource, namespace),
+            content_type=APPLY,
         )
 
     async def delete(
@@ -271,60 +246,27 @@ class KubeClient:
         Raises:
             NotFoundError: it is gone already; ConflictError: a precondition failed.
         """
-        method = self._method(resource, "delete", namespace=namespace)
-        options = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        options: Obj = {"apiVersion": "v1", "kind": "DeleteOptions"}
         if preconditions:
-            options["preconditions"] = dict(preconditions)  # type: ignore[assignment]
-        return await self._call(method, name=name, body=options, **_scope(resource, namespace))
+            options["preconditions"] = dict(preconditions)
+        return await self._json("DELETE", _path(resource, namespace, name), body=options)
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _method(
+    async def _json(
         self,
-        resource: Resource,
-        verb: str,
+        method: str,
+        path: str,
         *,
-        namespace: str | None,
-        subresource: str | None = None,
-    ) -> Callable[..., Any]:
-        """The library's method for ``verb`` on ``resource``, by its naming convention."""
-        api = self._api(resource)
-        name = resource.singular + (f"_{subresource}" if subresource else "")
-        if resource.namespaced and namespace is not None:
-            name = f"{verb}_namespaced_{name}"
-        elif resource.namespaced:
-            name = f"{verb}_{name}_for_all_namespaces"
-        else:
-            name = f"{verb}_{name}"
-        method: Callable[..., Any] = getattr(api, f"{name}_without_preload_content")
-        return method
-
-    async def _direct(
-        self, *, path: str, query: tuple[tuple[str, str], ...], _request_timeout: float
-    ) -> Any:
-        """GET ``path`` through the library's ``ApiClient``; the raw response."""
-        request = await self.api_client.param_serialize(
-            method="GET",
-            resource_path=path,
-            query_params=list(query),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        answer = await self.api_client.call_api(*request, _request_timeout=_request_timeout)
-        return answer.response
-
-    def _api(self, resource: Resource) -> Any:
-        """The library's API object for ``resource`` (loaded on first use)."""
-        api = self._apis.get(resource.api)
-        if api is None:
-            api = self._apis[resource.api] = getattr(_library(), resource.api)(self.api_client)
-        return api
-
-    async def _call(self, method: Callable[..., Any], **kwargs: Any) -> Obj:
-        """Call, read the whole answer, and raise a :class:`KubeError` unless it is 2xx."""
-        arguments = {k: v for k, v in kwargs.items() if v is not None}
+        query: Mapping[str, str | None] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        """One request; the answer's JSON object, or the matching :class:`KubeError`."""
         async with translate_errors():
-            response = await method(**arguments, _request_timeout=self.timeout)
+            response = await self._send(
+                method, path, query=query, body=body, content_type=content_type
+            )
             try:
                 raw = await response.read()
             finally:
@@ -335,6 +277,48 @@ class KubeClient:
         if not isinstance(parsed, dict):
             raise errors.KubeError("the API server answered with no JSON object", status=200)
         return parsed
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | None] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Any:
+        """Send through the library's ``ApiClient``; the raw aiohttp response."""
+        request = await self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=[(k, v) for k, v in (query or {}).items() if v is not None] or None,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        answer = await self.api_client.call_api(*request, _request_timeout=timeout or self.timeout)
+        return answer.response
+
+
+def _path(
+    resource: Resource,
+    namespace: str | None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The URL path of a collection or an object, from the resource table."""
+    if namespace is not None and not resource.namespaced:
+        raise ValueError(f"{resource} is cluster-scoped; no namespace applies")
+    path = _base(resource)
+    if namespace is not None:
+        path += f"/namespaces/{_segment(namespace)}"
+    path += f"/{resource.plural}"
+    if name is not None:
+        path += f"/{_segment(name)}"
+    if subresource is not None:
+        path += f"/{subresource}"
+    return path
 
 
 def _base(resource: Resource) -> str:
@@ -347,12 +331,6 @@ def _base(resource: Resource) -> str:
 def _segment(value: str) -> str:
     """``value`` as one URL path segment (names never contain a slash; be sure)."""
     return urllib.parse.quote(value, safe="")
-
-
-def _scope(resource: Resource, namespace: str | None) -> dict[str, str]:
-    if namespace is not None and not resource.namespaced:
-        raise ValueError(f"{resource} is cluster-scoped; no namespace applies")
-    return {"namespace": namespace} if namespace is not None else {}
 
 
 def _library() -> Any:

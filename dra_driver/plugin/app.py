@@ -127,7 +127,6 @@ async def _connect(
     """Connect the API client, hand it to the state, start the slice watch (returned)."""
     kube = await KubeClient.connect(kubeconfig=settings.kubeconfig, component=COMPONENT)
     stack.push_async_callback(kube.close)
-    await kube.preload(RESOURCE_SLICES)  # the watch's API class, off the event loop
     state.connect(kube)
     watch = asyncio.create_task(
         list_watch(
