@@ -95,7 +95,7 @@ class Loop:
 
     def _wake_status(self) -> None:
         """Wake the claim status writer when a verdict or a published device changed."""
-        seen = (self.view.version, self.tracker.signature())
+        seen = (self.view.version, self.tracker.version)
         if seen != self._seen:
             self._seen = seen
             self.status.poke()

@@ -72,6 +72,8 @@ class HealthTracker:
         self._verdicts: dict[str, dict[int, Verdict]] = {}
         self._withdrawn: dict[tuple[str, int], Withdrawal] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.version = 0
+        """Counts changes of any verdict's published meaning (its ``key``)."""
 
     # -- read-only view ---------------------------------------------------------------
 
@@ -82,14 +84,6 @@ class HealthTracker:
     def withdrawn(self, pool: str) -> dict[int, str]:
         """GPUs of ``pool`` kept off scheduling, by index, with the reason."""
         return {index: w.reason for (p, index), w in self._withdrawn.items() if p == pool}
-
-    def signature(self) -> frozenset[tuple[str, int, tuple[Any, ...]]]:
-        """Every verdict's published meaning, to tell whether anything changed."""
-        return frozenset(
-            (node, index, verdict.key)
-            for node, verdicts in self._verdicts.items()
-            for index, verdict in verdicts.items()
-        )
 
     # -- judging ----------------------------------------------------------------------
 
@@ -112,6 +106,10 @@ class HealthTracker:
             )
             for gpu in state.inventory.gpus
         }
+        if {i: v.key for i, v in verdicts.items()} != {
+            i: v.key for i, v in (self._verdicts.get(node) or {}).items()
+        }:
+            self.version += 1
         self._verdicts[node] = verdicts
         for gpu in state.inventory.gpus:
             self._announce(node, gpu.index, gpu.uuid, previous.get(gpu.index), verdicts[gpu.index])
@@ -120,7 +118,8 @@ class HealthTracker:
 
     def forget(self, node: str) -> None:
         """Drop everything about a node whose pool is going away."""
-        self._verdicts.pop(node, None)
+        if self._verdicts.pop(node, None) is not None:
+            self.version += 1
         self._withdrawn = {k: w for k, w in self._withdrawn.items() if k[0] != node}
 
     def withdraw(self, pool: str, index: int, reason: str) -> None:
