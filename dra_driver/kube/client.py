@@ -205,7 +205,13 @@ class KubeClient:
         subresource: str | None = None,
         field_manager: str | None = None,
     ) -> Obj:
-        """Patch an object (a JSON merge, JSON or strategic merge patch)."""
+        """Patch an object (a JSON merge, JSON or strategic merge patch).
+
+        A JSON patch must be a list: the library would send anything else as a
+        strategic merge patch under the wrong content type.
+        """
+        if kind == "json" and not isinstance(patch, list):
+            raise TypeError(f"a JSON patch is a list of operations, not {type(patch).__name__}")
         return await self._json(
             "PATCH",
             _path(resource, namespace, name, subresource),
@@ -310,6 +316,8 @@ def _path(
     """The URL path of a collection or an object, from the resource table."""
     if namespace is not None and not resource.namespaced:
         raise ValueError(f"{resource} is cluster-scoped; no namespace applies")
+    if namespace is None and resource.namespaced and name is not None:
+        raise ValueError(f"{resource} is namespaced; name the namespace of {name!r}")
     path = _base(resource)
     if namespace is not None:
         path += f"/namespaces/{_segment(namespace)}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import re
+from typing import Any
 
 import pytest
 
@@ -194,3 +196,42 @@ async def test_watch_of_an_expired_version_raises_gone(
                 pass
     finally:
         await kube.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda kube: kube.get(RESOURCE_CLAIMS, "c"),
+            "resourceclaims.resource.k8s.io/v1 is namespaced; name the namespace of 'c'",
+        ),
+        (
+            lambda kube: kube.replace(RESOURCE_CLAIMS, {"metadata": {"name": "c"}}),
+            "is namespaced; name the namespace of 'c'",
+        ),
+        (
+            lambda kube: kube.get(NODES, "worker-1", namespace="default"),
+            "nodes.core/v1 is cluster-scoped; no namespace applies",
+        ),
+        (
+            lambda kube: kube.patch(NODES, "worker-1", ({"op": "remove"},), kind="json"),
+            "a JSON patch is a list of operations, not tuple",
+        ),
+    ],
+    ids=[
+        "namespaced-without-namespace",
+        "body-without-namespace",
+        "cluster-scoped-with-one",
+        "json-patch-not-a-list",
+    ],
+)
+async def test_a_malformed_request_fails_before_it_is_sent(
+    apiserver: APIServer, kubeconfig: pathlib.Path, call: Any, message: str
+) -> None:
+    kube = await KubeClient.connect(kubeconfig=kubeconfig, component="test")
+    try:
+        with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+            await call(kube)
+    finally:
+        await kube.close()
+    assert apiserver.requests == []
