@@ -17,10 +17,46 @@ from tests.support.kubelet import wait_for_socket
 from tests.support.netns import Host
 
 
-def free_port() -> int:
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive ports nothing listens on, for a child to bind.
+
+    Not a port the kernel picks for ``bind(0)``: those come from the ephemeral range,
+    which every outgoing connection draws from too, so between the pick and the
+    child's bind a client's connection could take it ("address already in use" in
+    CI). These come from below that range, start at an offset of this process's id
+    (so two test runs on one machine rarely meet), and are never handed out twice.
+    """
+    low, span = _PORTS_LOW, _ephemeral_low() - _PORTS_LOW
+    for step in range(span):
+        first = low + (os.getpid() * 97 + len(_HANDED_OUT) + step) % (span - count)
+        ports = range(first, first + count)
+        if _HANDED_OUT.intersection(ports) or not all(map(_bindable, ports)):
+            continue
+        _HANDED_OUT.update(ports)
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports in {low}-{low + span}")
+
+
+_PORTS_LOW = 10_000
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (32768 by default)."""
+    try:
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    """Whether nothing holds ``port`` on any address (a listener on one would clash)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -212,7 +248,7 @@ class AgentProcess:
         self.node = node
         self.loopback = loopback
         self.port = port or free_port()
-        self.base_port = base_port or free_port()
+        self.base_port = base_port or free_port(count=gpus)
         self.log_path = root / f"agent-{node}-{id(self)}.log"
         self.state_dir = root / f"agent-state-{node}"
         args = [
