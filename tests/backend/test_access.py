@@ -16,7 +16,6 @@ import json
 import pathlib
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,21 +35,6 @@ NODE = "gpu-node-1"
 NAMESPACE = "gvirtus-system"
 BASE_PORT = 9999
 PORTS = (BASE_PORT, BASE_PORT + 1)
-
-CONNECT = """
-import socket, sys
-client = socket.socket()
-client.settimeout(float(sys.argv[3]))
-try:
-    client.connect((sys.argv[1], int(sys.argv[2])))
-except TimeoutError:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-else:
-    print("connected")
-"""
-"""A frontend's first step: connect, and say how it went (the stand-in never closes it)."""
 
 
 @dataclass
@@ -149,14 +133,7 @@ class GPUNode:
     async def connect(self, name: str, port: int, *, timeout: float = 2.0) -> str:
         """``connected``, ``timeout`` or ``refused``, as the frontend ``name`` saw it."""
         frontend = self.frontends[name]
-        process = await asyncio.create_subprocess_exec(
-            *frontend.host.command(
-                sys.executable, "-c", CONNECT, frontend.backend, str(port), str(timeout)
-            ),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await process.communicate()
-        return out.decode().strip()
+        return await frontend.host.connect(frontend.backend, port, timeout=timeout)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,20 +30,6 @@ from tests.support.netns import ROOT, Host, Network
 from tests.support.objects import Result
 
 pytestmark = pytest.mark.slow
-
-CONNECT = """
-import socket, sys
-client = socket.socket()
-client.settimeout(float(sys.argv[3]))
-try:
-    client.connect((sys.argv[1], int(sys.argv[2])))
-except TimeoutError:
-    print("timeout")
-except ConnectionRefusedError:
-    print("refused")
-else:
-    print("connected")
-"""
 
 
 class KernelEvents:
@@ -136,7 +121,7 @@ async def test_a_pod_given_its_address_reaches_its_backend_on_the_syn_retry(
 
     # The frontend connects as its library loads, before its pod's address is known.
     backend = podlink.end(gpu).address
-    attempt = asyncio.create_task(connect(front, backend, port))
+    attempt = asyncio.create_task(front.connect(backend, port, timeout=30))
     await syn_sent(front, f"{backend}:{port}")
     given = time.perf_counter()
     give_address(cluster, "app", podlink.end(front).address)
@@ -199,12 +184,3 @@ def give_address(cluster: Cluster, pod: str, address: str) -> None:
         )
 
     cluster.apiserver.mutate("pods", pod, objects.NAMESPACE, running)
-
-
-async def connect(host: Host, address: str, port: int) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *host.command(sys.executable, "-c", CONNECT, address, str(port), "30"),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await process.communicate()
-    return out.decode().strip()

@@ -28,6 +28,7 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import ipaddress
@@ -38,6 +39,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -105,6 +107,33 @@ class Host:
     def run(self, *args: str) -> str:
         """Run a command inside this host to its end; returns its standard output."""
         return _run(self.command(*args))
+
+    async def connect(self, address: str, port: int, *, timeout: float) -> str:
+        """A frontend's first step from this host: ``connected``, ``timeout`` or ``refused``.
+
+        The connection is left for the process's exit to close, as a frontend's is.
+        """
+        process = await asyncio.create_subprocess_exec(
+            *self.command(sys.executable, "-c", _CONNECT, address, str(port), str(timeout)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        return out.decode().strip()
+
+
+_CONNECT = """
+import socket, sys
+client = socket.socket()
+client.settimeout(float(sys.argv[3]))
+try:
+    client.connect((sys.argv[1], int(sys.argv[2])))
+except TimeoutError:
+    print("timeout")
+except ConnectionRefusedError:
+    print("refused")
+else:
+    print("connected")
+"""
 
 
 ROOT = Host("")
