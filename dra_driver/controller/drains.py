@@ -18,7 +18,6 @@ again, as verdicts restored from taints are.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -188,7 +187,6 @@ class Drains:
         self.honoured = honoured
         self._known: dict[str, dict[str, Drain]] | None = None
         self._seen: tuple[int, int] | None = None
-        self._background: set[asyncio.Task[None]] = set()
 
     def sync(self) -> None:
         """Look at rules and published devices once; cheap when neither changed."""
@@ -253,13 +251,6 @@ class Drains:
         info = self.nodes.items.get(pool)
         if info is None:
             return
-        task = asyncio.create_task(
-            self.events.record(
-                Regarding("Node", pool, uid=info.uid),
-                warning=warning,
-                reason=reason,
-                message=message,
-            )
+        self.events.post(
+            Regarding("Node", pool, uid=info.uid), warning=warning, reason=reason, message=message
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

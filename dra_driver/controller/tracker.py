@@ -11,7 +11,6 @@ through its read-only methods.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 from collections.abc import Callable, Mapping
@@ -71,7 +70,6 @@ class HealthTracker:
         self.wall = wall
         self._verdicts: dict[str, dict[int, Verdict]] = {}
         self._withdrawn: dict[tuple[str, int], Withdrawal] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self.version = 0
         """Counts changes of any verdict's published meaning (its ``key``)."""
 
@@ -197,16 +195,9 @@ class HealthTracker:
             return
         warning, reason, message = event
         log.log(logging.WARNING if warning else logging.INFO, message)
-        task = asyncio.create_task(
-            self.events.record(
-                Regarding("Node", node, uid=info.uid),
-                warning=warning,
-                reason=reason,
-                message=message,
-            )
+        self.events.post(
+            Regarding("Node", node, uid=info.uid), warning=warning, reason=reason, message=message
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 def _transition(where: str, before: Verdict, after: Verdict) -> tuple[bool, str, str] | None:

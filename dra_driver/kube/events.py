@@ -7,6 +7,7 @@ minutes, so a flapping backend does not flood the API server.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import socket
@@ -41,6 +42,19 @@ class EventRecorder:
         self.component = component
         self.host = socket.gethostname()
         self._recent: dict[tuple[Regarding, str, str], float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def post(self, regarding: Regarding, *, warning: bool, reason: str, message: str) -> None:
+        """Record an event in the background, for callers that may not wait (running loop).
+
+        The recorder keeps the task referenced until it ends; failures are logged
+        as for :meth:`record`.
+        """
+        task = asyncio.create_task(
+            self.record(regarding, warning=warning, reason=reason, message=message)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def record(
         self, regarding: Regarding, *, warning: bool, reason: str, message: str
