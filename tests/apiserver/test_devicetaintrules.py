@@ -62,7 +62,7 @@ def as_v1(obj: dict[str, Any]) -> dict[str, Any]:
     return {**copy.deepcopy(obj), "apiVersion": "resource.k8s.io/v1"}
 
 
-@pytest.mark.parametrize(
+SERVING_VERSIONS = pytest.mark.parametrize(
     ("apiserver", "path", "convert"),
     [
         (("1.36", frozenset()), V1BETA2, lambda o: o),
@@ -71,6 +71,10 @@ def as_v1(obj: dict[str, Any]) -> dict[str, Any]:
     ids=["1.36-gate-on-v1beta2", "1.37-v1"],
     indirect=["apiserver"],
 )
+"""Each release that serves DeviceTaintRules, at its path, with captures converted to it."""
+
+
+@SERVING_VERSIONS
 async def test_create_answers_as_captured_and_fills_time_added(
     client: aiohttp.ClientSession, path: str, convert: Any
 ) -> None:
@@ -83,15 +87,7 @@ async def test_create_answers_as_captured_and_fills_time_added(
     assert created["spec"]["taint"]["timeAdded"].endswith("Z"), "the server fills timeAdded"
 
 
-@pytest.mark.parametrize(
-    ("apiserver", "path", "convert"),
-    [
-        (("1.36", frozenset()), V1BETA2, lambda o: o),
-        ("1.37", V1, as_v1),
-    ],
-    ids=["1.36-gate-on-v1beta2", "1.37-v1"],
-    indirect=["apiserver"],
-)
+@SERVING_VERSIONS
 async def test_status_written_by_the_eviction_controller_reads_back_as_captured(
     client: aiohttp.ClientSession, path: str, convert: Any
 ) -> None:

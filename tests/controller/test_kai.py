@@ -24,11 +24,7 @@ MEMORY_16GI = {"capacity": {"requests": {"memory": "16Gi"}}}
 
 
 def overlay_classes() -> dict[str, dict[str, Any]]:
-    try:
-        rendered = manifests.render("manifests/overlays/kai")
-    except manifests.KubectlMissingError as exc:
-        pytest.skip(str(exc))
-    return {o["metadata"]["name"]: o for o in rendered if o["kind"] == "DeviceClass"}
+    return manifests.named(manifests.render("manifests/overlays/kai"), "DeviceClass")
 
 
 def model(cluster: Cluster, gates: frozenset[str] = kai.V0_17_0) -> kai.KAI:

@@ -31,13 +31,6 @@ SAMPLE_FIELDS = {
 }
 
 
-def rendered(install: str = "manifests") -> list[Obj]:
-    try:
-        return manifests.render(install)
-    except manifests.KubectlMissingError as exc:
-        pytest.skip(str(exc))
-
-
 def workloads(objects: list[Obj]) -> list[Obj]:
     return [o for o in objects if o["kind"] in WORKLOADS]
 
@@ -50,7 +43,7 @@ def containers(workload: Obj) -> list[Obj]:
 @pytest.mark.parametrize("install", manifests.INSTALLS)
 def test_every_container_has_probes_limits_and_a_locked_down_context(install: str) -> None:
     missing = []
-    for workload in workloads(rendered(install)):
+    for workload in workloads(manifests.render(install)):
         pod = workload["spec"]["template"]["spec"]
         for container in containers(workload):
             where = f"{workload['metadata']['name']}/{container['name']}"
@@ -85,7 +78,7 @@ def test_only_the_kubelet_plugin_and_the_backend_agent_run_as_root(install: str)
     capabilities), and the agent needs NET_ADMIN for its packet filter table.
     """
     as_root, added = [], {}
-    for workload in workloads(rendered(install)):
+    for workload in workloads(manifests.render(install)):
         pod_context = workload["spec"]["template"]["spec"].get("securityContext") or {}
         for container in containers(workload):
             context = container.get("securityContext") or {}
@@ -120,7 +113,7 @@ def _configmap_files(objects: list[Obj], workload: Obj, root: pathlib.Path) -> d
 def test_every_component_starts_with_settings_it_accepts(
     install: str, tmp_path: pathlib.Path
 ) -> None:
-    objects = rendered(install)
+    objects = manifests.render(install)
     started = []
     for workload in workloads(objects):
         moved = _configmap_files(objects, workload, tmp_path / workload["metadata"]["name"])
@@ -146,7 +139,9 @@ def test_every_component_starts_with_settings_it_accepts(
 
 
 def test_the_kubelet_plugin_sees_the_host_paths_where_the_kubelet_has_them() -> None:
-    plugin = manifests.pick(rendered(), "DaemonSet", "gvirtus-dra-kubelet-plugin")
+    plugin = manifests.pick(
+        manifests.render("manifests"), "DaemonSet", "gvirtus-dra-kubelet-plugin"
+    )
     pod = plugin["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
@@ -186,7 +181,7 @@ def test_the_kubelet_plugin_sees_the_host_paths_where_the_kubelet_has_them() -> 
 def test_backend_agents_run_on_backend_nodes_and_the_controller_finds_them(
     install: str, requirements: set[tuple[str, str]]
 ) -> None:
-    agent = manifests.pick(rendered(install), "DaemonSet", "gvirtus-dra-backend-agent")
+    agent = manifests.pick(manifests.render(install), "DaemonSet", "gvirtus-dra-backend-agent")
     pod = agent["spec"]["template"]
     (term,) = pod["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"
@@ -200,7 +195,7 @@ def test_backend_agents_run_on_backend_nodes_and_the_controller_finds_them(
 
 
 def test_each_workload_runs_as_an_account_the_install_creates() -> None:
-    objects = rendered()
+    objects = manifests.render("manifests")
     accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
     used = {w["spec"]["template"]["spec"]["serviceAccountName"] for w in workloads(objects)}
 
@@ -208,7 +203,7 @@ def test_each_workload_runs_as_an_account_the_install_creates() -> None:
 
 
 def test_replicated_components_survive_losing_a_pod() -> None:
-    objects = rendered()
+    objects = manifests.render("manifests")
     controller = manifests.pick(objects, "Deployment", "gvirtus-dra-controller")
     webhook = manifests.pick(objects, "Deployment", "gvirtus-dra-webhook")
     budget = manifests.pick(objects, "PodDisruptionBudget", "gvirtus-dra-webhook")
@@ -221,7 +216,7 @@ def test_replicated_components_survive_losing_a_pod() -> None:
 
 
 def test_the_kubelet_plugin_may_write_nothing() -> None:
-    objects = rendered()
+    objects = manifests.render("manifests")
     role = manifests.pick(objects, "ClusterRole", "gvirtus-dra-kubelet-plugin")
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
 
@@ -307,17 +302,21 @@ LEAST_PRIVILEGE = {
 
 @pytest.mark.parametrize("account", sorted(LEAST_PRIVILEGE))
 def test_each_component_holds_only_what_it_uses(account: str) -> None:
-    assert _grants(rendered(), account) == LEAST_PRIVILEGE[account]
+    assert _grants(manifests.render("manifests"), account) == LEAST_PRIVILEGE[account]
 
 
 def test_every_account_of_the_install_is_held_to_its_least_privilege() -> None:
-    accounts = {o["metadata"]["name"] for o in rendered() if o["kind"] == "ServiceAccount"}
+    accounts = {
+        o["metadata"]["name"]
+        for o in manifests.render("manifests")
+        if o["kind"] == "ServiceAccount"
+    }
 
     assert accounts == set(LEAST_PRIVILEGE)
 
 
 def test_the_webhook_configuration_matches_what_the_webhook_serves() -> None:
-    objects = rendered()
+    objects = manifests.render("manifests")
     configuration = manifests.pick(objects, "MutatingWebhookConfiguration")
     service = manifests.pick(objects, "Service", "gvirtus-dra-webhook")
     (hook,) = configuration["webhooks"]
@@ -367,7 +366,7 @@ def _settings_of(objects: list[Obj], name: str, root: pathlib.Path) -> Any:
 def test_the_kai_overlay_switches_the_controller_and_the_webhooks_class(
     install: str, scheduler: str, device_class: str, tmp_path: pathlib.Path
 ) -> None:
-    objects = rendered(install)
+    objects = manifests.render(install)
     controller = _settings_of(objects, "gvirtus-dra-controller", tmp_path / "controller")
     webhook = _settings_of(objects, "gvirtus-dra-webhook", tmp_path / "webhook")
     classes = {o["metadata"]["name"] for o in objects if o["kind"] == "DeviceClass"}

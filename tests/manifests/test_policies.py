@@ -305,15 +305,11 @@ EVENT = {
 
 def installed() -> tuple[dict[str, Obj], dict[str, Obj]]:
     """The rendered install's policies and bindings, by name."""
-    try:
-        rendered = manifests.render("manifests")
-    except manifests.KubectlMissingError as exc:
-        pytest.skip(str(exc))
-    policies, bindings = (
-        {o["metadata"]["name"]: o for o in rendered if o["kind"] == kind}
-        for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    rendered = manifests.render("manifests")
+    return (
+        manifests.named(rendered, "ValidatingAdmissionPolicy"),
+        manifests.named(rendered, "ValidatingAdmissionPolicyBinding"),
     )
-    return policies, bindings
 
 
 def verdicts(req: Obj) -> dict[str, cel.Verdict]:

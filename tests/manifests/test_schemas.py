@@ -25,13 +25,6 @@ EXAMPLES = sorted(
 )
 
 
-def rendered(install: str) -> list[dict[str, Any]]:
-    try:
-        return manifests.render(install)
-    except manifests.KubectlMissingError as exc:
-        pytest.skip(str(exc))
-
-
 def problems(objects: list[dict[str, Any]]) -> list[str]:
     found = []
     for obj in objects:
@@ -47,7 +40,7 @@ def problems(objects: list[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.parametrize("install", manifests.INSTALLS)
 def test_every_installed_object_is_valid_for_1_36(install: str) -> None:
-    objects = rendered(install)
+    objects = manifests.render(install)
 
     assert len(objects) > 20
     assert problems(objects) == []
@@ -68,7 +61,9 @@ def documented(page: str) -> list[dict[str, Any]]:
 def test_the_security_pages_network_policies_are_valid_for_1_36() -> None:
     policies = documented("docs/security.md")
 
-    workloads = [o for o in rendered("manifests") if o["kind"] in ("Deployment", "DaemonSet")]
+    workloads = [
+        o for o in manifests.render("manifests") if o["kind"] in ("Deployment", "DaemonSet")
+    ]
 
     assert [p["kind"] for p in policies] == ["NetworkPolicy", "NetworkPolicy"]
     assert problems(policies) == []
@@ -85,7 +80,7 @@ def test_the_security_pages_network_policies_are_valid_for_1_36() -> None:
 
 @pytest.mark.parametrize("install", manifests.INSTALLS)
 def test_every_cel_expression_parses(install: str) -> None:
-    objects = rendered(install) + [d for e in EXAMPLES for d in manifests.load(e)]
+    objects = manifests.render(install) + [d for e in EXAMPLES for d in manifests.load(e)]
     expressions = [
         s["cel"]["expression"]
         for o in objects

@@ -108,11 +108,7 @@ def test_every_class_file_is_covered_above() -> None:
 
 def installed(install: str) -> dict[str, dict[str, Any]]:
     """The DeviceClasses ``kubectl apply -k <install>`` applies, by name."""
-    try:
-        objects = manifests.render(install)
-    except manifests.KubectlMissingError as exc:
-        pytest.skip(str(exc))
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == "DeviceClass"}
+    return manifests.named(manifests.render(install), "DeviceClass")
 
 
 @pytest.mark.parametrize(
